@@ -1,0 +1,318 @@
+"""TOML configuration → typed, validated, frozen dataclasses.
+
+Strict on purpose: a unit in the field is configured once by a technician and then runs for
+months, so a typo (``burst_frame = 5``) must fail at ``camtrap check-config`` on the bench, not
+silently fall back to a default. Every error names the dotted key and the reason.
+
+Plain dataclasses instead of pydantic: pydantic-core has no wheels for the armv6/armv7 Pis,
+and the schema is small enough that ~100 lines of validation are cheaper than a dependency.
+Field constraints live in ``metadata``: ``min``/``max`` (inclusive), ``gt`` (exclusive) and
+``doc`` (shown by ``camtrap check-config --explain``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from edge_app.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _f(default: Any, doc: str, **limits: float) -> Any:
+    """A dataclass field with a default, a doc line and numeric limits."""
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"doc": doc, **limits})
+    return field(default=default, metadata={"doc": doc, **limits})
+
+
+@dataclass(frozen=True)
+class LocationConfig:
+    lat: float = _f(0.0, "latitude, decimal degrees (WGS 84)", min=-90, max=90)
+    lon: float = _f(0.0, "longitude, decimal degrees (WGS 84)", min=-180, max=180)
+    name: str = _f("", "site name for people, e.g. 'Kedrovaya Pad ridge 3'")
+
+
+@dataclass(frozen=True)
+class UnitConfig:
+    id: str = _f("", "unit id, e.g. LL-042; used in topics, event ids and file names")
+    location: LocationConfig = field(default_factory=LocationConfig)
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    backend: Literal["sim", "pi"] = _f(
+        "pi", "'pi' drives the real PIR and camera; 'sim' uses gpiozero mock pins and a "
+        "replay or synthetic camera"
+    )
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    source: Literal["gpio"] = _f("gpio", "where motion comes from (gpio PIR; mcu later)")
+    pin: int = _f(17, "BCM pin of the PIR output (active high)", min=0, max=27)
+    sample_rate_hz: float = _f(20.0, "how often gpiozero samples the PIR pin", gt=0, max=1000)
+    debounce_s: float = _f(0.05, "a PIR pulse shorter than this is noise", min=0, max=5)
+    holdoff_s: float = _f(5.0, "after a trigger, further edges are ignored this long",
+                          min=0, max=3600)
+    sim_every_s: float = _f(0.0, "sim backend only: a simulated animal walks past every N s "
+                            "(0 = never)", min=0)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: Literal["replay", "synthetic", "picamera2"] = _f(
+        "picamera2", "replay: a folder of JPEGs; synthetic: generated scenes; picamera2: the Pi "
+        "camera")
+    images_dir: str = _f("", "replay: the folder of JPEGs")
+    order: Literal["sorted", "shuffle"] = _f("sorted", "replay: order of the images")
+    seed: int = _f(1, "replay shuffle / synthetic scene seed")
+    width: int = _f(1280, "frame width in pixels (synthetic, picamera2)", min=64, max=8192)
+    height: int = _f(720, "frame height in pixels (synthetic, picamera2)", min=64, max=8192)
+    jpeg_quality: int = _f(85, "JPEG quality of captured frames", min=10, max=100)
+    burst_frames: int = _f(3, "frames captured after each trigger", min=1, max=30)
+    burst_interval_s: float = _f(0.3, "time between burst frames", min=0, max=10)
+    pre_trigger_frames: int = _f(1, "frames kept from just before the trigger (ring buffer)",
+                                 min=0, max=10)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    models_dir: str = _f("", "folder holding the model files (else --models or CAMTRAP_MODELS)")
+    detector: str = _f("yolov8n_coco_int8_640", "model card name of the detector")
+    classifier: str = _f("mobilenet_v2_imagenet_uint8_224",
+                         "model card name of the crop classifier ('' = none)")
+    num_threads: int = _f(0, "interpreter threads (0 = number of CPUs)", min=0, max=64)
+    score_threshold: float = _f(0.25, "minimum detector confidence for a box", min=0, max=1)
+    iou_threshold: float = _f(0.45, "non-maximum suppression IoU", gt=0, max=1)
+    species_threshold: float = _f(0.35, "minimum classifier confidence to name a species",
+                                  min=0, max=1)
+    whole_frame_species_threshold: float = _f(
+        0.5, "species confidence needed when the detector found nothing", min=0, max=1)
+    crop_context: float = _f(0.15, "extra margin around a box for the crop classifier, as a "
+                             "fraction of the box size", min=0, max=2)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    alert_on: list[str] = _f(["leopard", "tiger", "person", "vehicle"],
+                             "labels/species that raise an alert (animal, person, vehicle, "
+                             "leopard, tiger, other_big_cat)")
+    empty_below: float = _f(0.15, "a trigger is confidently empty only when every score in "
+                            "every frame stays below this", min=0, max=1)
+    audit_every: int = _f(20, "keep 1 in N discarded triggers locally, marked, to measure the "
+                          "filter's miss rate (0 = never)", min=0)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    root: str = _f("/var/lib/camtrap", "where media and the database live")
+    thumb_px: int = _f(320, "longest side of thumbnails", min=32, max=2048)
+    thumb_quality: int = _f(70, "JPEG quality of thumbnails", min=10, max=100)
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    backoff_min_s: float = _f(2.0, "first retry delay after a failed send", gt=0)
+    backoff_max_s: float = _f(300.0, "longest retry delay", gt=0)
+    inflight_timeout_s: float = _f(60.0, "a sent message with no PUBACK after this is re-sent",
+                                   gt=0)
+    max_inflight: int = _f(10, "messages awaiting PUBACK at once", min=1, max=1000)
+    alert_expiry_s: float = _f(0.0, "drop undelivered alerts after this (0 = never)", min=0)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = _f(True, "send over MQTT")
+    host: str = _f("localhost", "broker host")
+    port: int = _f(8883, "broker port", min=1, max=65535)
+    topic_prefix: str = _f("camtrap", "first topic level")
+    client_id: str = _f("", "fixed client id (default camtrap-<unit id>)")
+    keepalive_s: int = _f(60, "MQTT keepalive", min=5, max=65535)
+    session_expiry_s: int = _f(7 * 86400, "broker keeps our session this long while we are "
+                               "offline", min=0)
+    tls: bool = _f(True, "use TLS")
+    ca_file: str = _f("", "CA certificate for the broker (TLS)")
+    cert_file: str = _f("", "client certificate (TLS, optional)")
+    key_file: str = _f("", "client key (TLS, with cert_file)")
+    allow_insecure: bool = _f(False, "allow plain TCP to a host that is not loopback")
+    reconnect_min_s: float = _f(1.0, "first reconnect delay", gt=0)
+    reconnect_max_s: float = _f(120.0, "longest reconnect delay", gt=0)
+
+
+@dataclass(frozen=True)
+class Config:
+    unit: UnitConfig = field(default_factory=UnitConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or f"camtrap-{self.unit.id}"
+
+
+ALERT_LABELS = frozenset({"animal", "person", "vehicle", "leopard", "tiger", "other_big_cat"})
+
+
+def _typename(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(key: str, tp: Any, value: Any, meta: typing.Mapping[str, Any]) -> Any:
+    """Check ``value`` against the annotation ``tp`` and the field limits."""
+    origin = get_origin(tp)
+    if is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a table, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(key, f"must be one of {_typename(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list, got {type(value).__name__}")
+        return [_convert(f"{key}[{i}]", item_tp, v, {}) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported union at {key}")  # pragma: no cover - schema bug
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    else:  # pragma: no cover - schema bug
+        raise TypeError(f"unsupported type {tp!r} at {key}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(key, f"must be ≥ {meta['min']}, got {value}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(key, f"must be ≤ {meta['max']}, got {value}")
+    if "gt" in meta and value <= meta["gt"]:
+        raise ConfigError(key, f"must be > {meta['gt']}, got {value}")
+    return value
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    for k in data:
+        if k not in known:
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(known))})")
+    kwargs: dict[str, Any] = {}
+    for name, f in known.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _convert(key, hints[name], data[name], f.metadata)
+        elif f.default is MISSING and f.default_factory is MISSING:  # pragma: no cover
+            raise ConfigError(key, "is required")
+    return cls(**kwargs)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check(cfg: Config) -> None:
+    """Rules that span fields."""
+    uid = cfg.unit.id
+    if not uid:
+        raise ConfigError("unit.id", "is required (e.g. 'LL-042')")
+    if not all(c.isalnum() or c in "-_" for c in uid) or len(uid) > 32:
+        raise ConfigError("unit.id", f"use at most 32 letters, digits, '-' or '_', got {uid!r}")
+    for i, label in enumerate(cfg.policy.alert_on):
+        if label not in ALERT_LABELS:
+            raise ConfigError(f"policy.alert_on[{i}]",
+                              f"unknown label {label!r} (known: {', '.join(sorted(ALERT_LABELS))})")
+    if cfg.camera.source == "replay" and not cfg.camera.images_dir:
+        raise ConfigError("camera.images_dir", "is required when camera.source = 'replay'")
+    if cfg.hardware.backend == "sim" and cfg.camera.source == "picamera2":
+        raise ConfigError("camera.source", "picamera2 needs hardware.backend = 'pi'")
+    if cfg.hardware.backend == "pi" and cfg.trigger.sim_every_s:
+        raise ConfigError("trigger.sim_every_s", "only allowed with hardware.backend = 'sim'")
+    if cfg.outbox.backoff_max_s < cfg.outbox.backoff_min_s:
+        raise ConfigError("outbox.backoff_max_s", "must be ≥ outbox.backoff_min_s")
+    m = cfg.mqtt
+    if m.reconnect_max_s < m.reconnect_min_s:
+        raise ConfigError("mqtt.reconnect_max_s", "must be ≥ mqtt.reconnect_min_s")
+    if m.enabled and not m.tls and not m.allow_insecure and not _is_loopback(m.host):
+        raise ConfigError("mqtt.tls", f"plain TCP to {m.host!r} would send alerts in clear; "
+                          "set mqtt.tls = true (or mqtt.allow_insecure = true on a private net)")
+    if m.cert_file and not m.key_file:
+        raise ConfigError("mqtt.key_file", "is required with mqtt.cert_file")
+    if not m.topic_prefix or any(c in m.topic_prefix for c in "#+"):
+        raise ConfigError("mqtt.topic_prefix", "must be non-empty without '#' or '+'")
+
+
+def parse(data: dict[str, Any]) -> Config:
+    """Validate an already-parsed TOML document."""
+    cfg = _build(Config, data, "")
+    _check(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file.
+
+    Raises:
+        ConfigError: with the dotted key (``file`` for unreadable or malformed TOML).
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError("file", f"cannot read {p}: {e.strerror}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("file", f"{p} is not valid TOML: {e}") from e
+    return parse(data)
+
+
+def explain() -> list[str]:
+    """Every key with its default and doc line, for ``check-config --explain`` and the README."""
+    out: list[str] = []
+
+    def walk(cls: type[Any], prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            tp = hints[f.name]
+            if is_dataclass(tp):
+                walk(tp, key)  # type: ignore[arg-type]
+                continue
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            out.append(f"{key} = {default!r}  # {_typename(tp)}; {f.metadata.get('doc', '')}")
+
+    walk(Config, "")
+    return out

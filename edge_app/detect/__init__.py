@@ -1,0 +1,1 @@
+"""Model card loading, runtime, decoders and the detection pipeline."""

@@ -1,0 +1,152 @@
+"""Frozen values passed between stages. Stages share nothing else.
+
+Flow: :class:`TriggerEvent` (trigger) → :class:`Burst` of :class:`Frame` (capture) →
+:class:`FrameResult` per frame (detect) → :class:`Verdict` (decide) → stored event (store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Category = Literal["animal", "person", "vehicle"]
+Label = Literal["empty", "animal", "person", "vehicle"]
+Species = Literal["leopard", "tiger", "other_big_cat"]
+Outcome = Literal["alert", "keep", "discard"]
+
+CATEGORIES: tuple[Category, ...] = ("animal", "person", "vehicle")
+SPECIES: tuple[Species, ...] = ("leopard", "tiger", "other_big_cat")
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerEvent:
+    """One accepted PIR edge (after debounce and hold-off).
+
+    Attributes:
+        number: per-process trigger counter, for logs.
+        mono: monotonic time of the edge (for latency).
+        wall: wall time of the edge (the event's timestamp).
+        source: what fired, e.g. ``pir:17`` or ``mcu``.
+    """
+
+    number: int
+    mono: float
+    wall: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One JPEG-encoded frame.
+
+    Attributes:
+        jpeg: the encoded image as the camera produced it (stored as-is if chosen).
+        mono: monotonic capture time.
+        wall: wall capture time.
+        index: position in the burst (pre-trigger frames first, from 0).
+        pre_trigger: True for frames taken from the ring buffer before the edge.
+        name: where the frame came from (file name for replay), for logs and tests.
+    """
+
+    jpeg: bytes
+    mono: float
+    wall: float
+    index: int
+    pre_trigger: bool
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Burst:
+    """The frames of one trigger, pre-trigger frames first."""
+
+    trigger: TriggerEvent
+    frames: tuple[Frame, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One box, mapped to camtrap's vocabulary.
+
+    Attributes:
+        category: ``animal``, ``person`` or ``vehicle``.
+        conf: detector confidence in [0, 1].
+        bbox: normalised ``[x_min, y_min, width, height]`` in the upright original image.
+        cls: the model's own class name (e.g. COCO ``bear``).
+        species: ``leopard``/``tiger``/``other_big_cat`` from the crop classifier, or None.
+        species_conf: the classifier's confidence for ``species``, or None.
+    """
+
+    category: Category
+    conf: float
+    bbox: tuple[float, float, float, float]
+    cls: str
+    species: Species | None = None
+    species_conf: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``detections[]`` item of ARCHITECTURE §3."""
+        return {
+            "category": self.category,
+            "conf": round(self.conf, 4),
+            "bbox": [round(v, 4) for v in self.bbox],
+            "class": self.cls,
+            "species": self.species,
+            "species_conf": None if self.species_conf is None else round(self.species_conf, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """What the pipeline saw in one frame.
+
+    Attributes:
+        label: top category, ``empty`` when nothing passed its threshold.
+        species: best species over boxes and the whole-frame pass, or None.
+        score: confidence of ``label`` (of the species when one is named), 0 for empty.
+        detections: boxes above threshold, best first.
+        max_scores: the highest raw score seen per category and species, even below threshold;
+            the decision policy uses these to tell "confidently empty" from "unsure".
+        timings_ms: stage name → milliseconds.
+    """
+
+    label: Label
+    species: Species | None
+    score: float
+    detections: tuple[Detection, ...]
+    max_scores: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``camtrap detect --json`` object without the ``file`` key."""
+        return {
+            "label": self.label,
+            "species": self.species,
+            "score": round(self.score, 4),
+            "detections": [d.to_json() for d in self.detections],
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The decision for a whole trigger.
+
+    Attributes:
+        outcome: ``alert``, ``keep`` or ``discard`` (ARCHITECTURE §4).
+        label: the trigger's category (``empty`` for a discard).
+        species: the trigger's species, or None.
+        score: confidence of the label/species.
+        best_index: index into the burst's frames of the frame whose boxes the event carries,
+            or -1 when no frame could be analysed.
+        results: one result per frame (None where the frame could not be decoded).
+        reason: one line on why, for logs and the catalogue.
+    """
+
+    outcome: Outcome
+    label: Label
+    species: Species | None
+    score: float
+    best_index: int
+    results: tuple[FrameResult | None, ...]
+    reason: str = ""

@@ -1,0 +1,1 @@
+"""Hardware behind small interfaces: a real and a simulated implementation of each."""

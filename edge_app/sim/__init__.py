@@ -1,0 +1,1 @@
+"""The simulated world used by `camtrap demo`, `camtrap run` with backend sim, and tests."""

@@ -1,0 +1,1 @@
+"""Media files, the SQLite catalogue and the durable outbox."""

@@ -1,0 +1,1 @@
+"""Links off the trap: MQTT (and later LoRaWAN)."""

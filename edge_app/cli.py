@@ -1,0 +1,154 @@
+"""The ``camtrap`` command.
+
+Exit codes are a contract: 0 ok, 1 runtime failure (e.g. an image failed in ``detect``, a
+stage gave up), 2 bad usage or bad configuration (the message names the key).
+Heavy modules are imported inside each handler so ``camtrap check-config`` stays fast and
+works on a machine without the model runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from edge_app import __version__
+from edge_app.errors import ConfigError, ModelError
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+def _setup_logging(verbose: int, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    if verbose == 0 and quiet:
+        level = logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from edge_app import config
+
+    if args.explain:
+        print("\n".join(config.explain()))
+        return EXIT_OK
+    if not args.file:
+        print("check-config: give a FILE (or --explain)", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = config.load(args.file)
+    print(f"{args.file}: ok (unit {cfg.unit.id}, backend {cfg.hardware.backend})")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge_app import config
+
+    cfg = config.load(args.config)  # before the heavy imports: a bad config fails fast
+    from edge_app.daemon import run_daemon
+
+    return run_daemon(cfg, models=args.models)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edge_app.sim.demo import DemoOptions, run_demo
+
+    return run_demo(
+        DemoOptions(
+            seconds=args.seconds,
+            images=args.images,
+            models=args.models,
+            as_json=args.json,
+            every_s=args.every,
+            unit=args.unit,
+        )
+    )
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from edge_app.config import DetectorConfig
+    from edge_app.detect.batch import run_detect
+    from edge_app.detect.pipeline import resolve_models_dir
+
+    models_dir = resolve_models_dir(args.models, "")
+    return run_detect(args.paths, models_dir, DetectorConfig(), args.json, sys.stdout)
+
+
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    from edge_app.ranger import run_alerts
+
+    return run_alerts(args.broker, args.json, sys.stdout, prefix=args.prefix)
+
+
+def _cmd_outbox(args: argparse.Namespace) -> int:
+    from edge_app import config
+    from edge_app.store.cli import outbox_command
+
+    cfg = config.load(args.config)
+    return outbox_command(cfg, args.action, sys.stdout, as_json=args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="camtrap", description="Edge software for camera traps.")
+    p.add_argument("--version", action="version", version=f"camtrap {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="a whole simulated trap, broker and ranger receiver")
+    d.add_argument("--seconds", type=float, default=25.0, help="how long the trap runs")
+    d.add_argument("--images", help="folder of JPEGs to replay (default: synthetic scenes)")
+    d.add_argument("--models", help="model folder (else CAMTRAP_MODELS)")
+    d.add_argument("--every", type=float, default=1.5, help="seconds between simulated visits")
+    d.add_argument("--unit", default="DEMO-001", help="unit id")
+    d.add_argument("--json", action="store_true", help="event JSON per line, summary last")
+    d.set_defaults(func=_cmd_demo, quiet=True)
+
+    r = sub.add_parser("run", help="the trap daemon")
+    r.add_argument("--config", required=True, help="TOML config file")
+    r.add_argument("--models", help="model folder (overrides detector.models_dir)")
+    r.set_defaults(func=_cmd_run, quiet=False)
+
+    c = sub.add_parser("check-config", help="validate a config file (exit 2 if bad)")
+    c.add_argument("file", nargs="?")
+    c.add_argument("--explain", action="store_true", help="list every key with default and doc")
+    c.set_defaults(func=_cmd_check_config, quiet=True)
+
+    t = sub.add_parser("detect", help="run detection on image files or folders")
+    t.add_argument("paths", nargs="+", metavar="PATH")
+    t.add_argument("--models", help="model folder (else CAMTRAP_MODELS)")
+    t.add_argument("--json", action="store_true", help="one JSON object per image")
+    t.set_defaults(func=_cmd_detect, quiet=True)
+
+    a = sub.add_parser("alerts", help="ranger side: print alerts as they arrive")
+    a.add_argument("--broker", required=True, metavar="HOST:PORT")
+    a.add_argument("--prefix", default="camtrap", help="topic prefix")
+    a.add_argument("--json", action="store_true", help="event JSON per line")
+    a.set_defaults(func=_cmd_alerts, quiet=True)
+
+    o = sub.add_parser("outbox", help="inspect the durable outbox")
+    o.add_argument("action", choices=["ls", "stats", "purge"])
+    o.add_argument("--config", required=True, help="TOML config file (for storage.root)")
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=_cmd_outbox, quiet=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, quiet=args.quiet)
+    try:
+        rc: int = args.func(args)
+    except ConfigError as e:
+        print(f"camtrap: config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModelError as e:
+        print(f"camtrap: model error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return rc

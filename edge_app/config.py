@@ -29,7 +29,8 @@ T = TypeVar("T")
 def _f(default: Any, doc: str, **limits: float) -> Any:
     """A dataclass field with a default, a doc line and numeric limits."""
     if isinstance(default, list):
-        return field(default_factory=lambda d=default: list(d), metadata={"doc": doc, **limits})
+        items: list[Any] = list(default)
+        return field(default_factory=lambda: list(items), metadata={"doc": doc, **limits})
     return field(default=default, metadata={"doc": doc, **limits})
 
 
@@ -58,7 +59,7 @@ class HardwareConfig:
 class TriggerConfig:
     source: Literal["gpio"] = _f("gpio", "where motion comes from (gpio PIR; mcu later)")
     pin: int = _f(17, "BCM pin of the PIR output (active high)", min=0, max=27)
-    sample_rate_hz: float = _f(20.0, "how often gpiozero samples the PIR pin", gt=0, max=1000)
+    sample_rate_hz: float = _f(10.0, "how often gpiozero samples the PIR pin", gt=0, max=1000)
     debounce_s: float = _f(0.05, "a PIR pulse shorter than this is noise", min=0, max=5)
     holdoff_s: float = _f(5.0, "after a trigger, further edges are ignored this long",
                           min=0, max=3600)
@@ -311,7 +312,12 @@ def explain() -> list[str]:
             if is_dataclass(tp):
                 walk(tp, key)  # type: ignore[arg-type]
                 continue
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:  # pragma: no cover - every field has a default
+                default = None
             out.append(f"{key} = {default!r}  # {_typename(tp)}; {f.metadata.get('doc', '')}")
 
     walk(Config, "")

@@ -1,0 +1,228 @@
+"""The composition root: builds every part from the config and runs them under the supervisor.
+
+Data path and thread ownership::
+
+    gpiozero thread ──on_trigger──► [triggers] ─► capture ─► [bursts] ─► detect ─► [decided]
+                                     drop oldest              drop oldest          blocking
+                                                                                      │
+                               uplink (MQTT, own DB connection) ◄──wake── store ◄────┘
+
+Why these queue policies: the PIR callback must never block (a missed edge is a missed
+animal), so a full trigger or burst queue drops the *oldest* unprocessed item and counts it —
+when the detector falls behind, the newest trigger is the most useful one. A decided event is
+never dropped: the detect stage waits for the store instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import statistics
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edge_app import __version__
+from edge_app.capture import capture_burst
+from edge_app.clock import Clock, SystemClock
+from edge_app.config import Config
+from edge_app.detect.pipeline import Pipeline, resolve_models_dir
+from edge_app.detect.policy import decide
+from edge_app.errors import ImageError
+from edge_app.events import Burst, FrameResult, TriggerEvent, Verdict
+from edge_app.hardware.camera import make_camera
+from edge_app.hardware.trigger import PirTrigger, make_pin_factory
+from edge_app.sim.world import SimWorld
+from edge_app.store.pipeline import EventStore
+from edge_app.supervisor import StageQueue, Supervisor, sd_notify
+from edge_app.uplink.mqtt import MqttLink
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    """What the trap did, for the demo summary and the stats message.
+
+    Written by one stage each (noted per field), read by anyone; ints are atomic enough.
+    """
+
+    triggers: int = 0  # gpiozero thread
+    triggers_dropped: int = 0  # gpiozero thread / capture
+    frames: int = 0  # detect
+    frames_failed: int = 0  # detect
+    empty: int = 0  # store: discarded triggers
+    kept: int = 0  # store: stored triggers (alert + keep)
+    alerts: int = 0  # store: alerts queued
+    audits: int = 0  # store: discarded but kept locally as an audit sample
+    latencies_ms: list[float] = field(default_factory=list)  # store: trigger → queued
+
+    def snapshot(self) -> dict[str, Any]:
+        d = asdict(self)
+        lat = d.pop("latencies_ms")
+        d["queue_latency_ms_p50"] = round(statistics.median(lat), 1) if lat else None
+        return d
+
+
+class App:
+    """One trap: trigger → capture → detect → store → uplink, supervised.
+
+    Args:
+        cfg: validated configuration.
+        models_dir: folder holding the model files named by the cards.
+        clock: time source (tests inject a fake one for the pure parts).
+        pin_factory: gpiozero pin factory; None picks by ``hardware.backend``.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        models_dir: Path,
+        clock: Clock | None = None,
+        pin_factory: Any = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock: Clock = clock or SystemClock()
+        self.counters = Counters()
+        Path(cfg.storage.root).mkdir(parents=True, exist_ok=True)
+        # Load the models first: a wrong or missing file must stop start-up, not a thread.
+        self.pipeline = Pipeline(cfg.detector, models_dir)
+        self.pin_factory = (
+            pin_factory if pin_factory is not None else make_pin_factory(cfg.hardware.backend)
+        )
+        self.camera = make_camera(cfg.camera, cfg.hardware.backend, self.clock)
+        self.store = EventStore(cfg, self.clock)
+        self.link = MqttLink(cfg, self.store.db_path, self.clock) if cfg.mqtt.enabled else None
+        self.triggers: StageQueue[TriggerEvent] = StageQueue("triggers", 8)
+        self.bursts: StageQueue[Burst] = StageQueue("bursts", 4)
+        self.decided: StageQueue[tuple[Burst, Verdict]] = StageQueue("decided", 16)
+        self.trigger = PirTrigger(cfg.trigger, self.clock, self._on_trigger, self.pin_factory)
+        self.world: SimWorld | None = None
+        if cfg.hardware.backend == "sim":
+            self.world = SimWorld(self.pin_factory, cfg.trigger.pin, self.camera, self.clock)
+        self.supervisor = Supervisor(self.clock)
+        if self.link is not None:
+            self.supervisor.add("uplink", self.link.run, self.link.wake)
+        self.supervisor.add("store", self._store_loop, self.decided.wake)
+        self.supervisor.add("detect", self._detect_loop, self.bursts.wake)
+        self.supervisor.add("capture", self._capture_loop, self.triggers.wake)
+        if self.world is not None and cfg.trigger.sim_every_s > 0:
+            world, every = self.world, cfg.trigger.sim_every_s
+            self.supervisor.add("sim-world", lambda stop: world.run(stop, every))
+        self._started = False
+
+    # -- stages -------------------------------------------------------------------------
+
+    def _on_trigger(self, ev: TriggerEvent) -> None:
+        """Runs on gpiozero's thread: count and hand over, never block."""
+        self.counters.triggers += 1
+        if not self.triggers.put_drop_oldest(ev):
+            self.counters.triggers_dropped += 1
+
+    def _capture_loop(self, stop: threading.Event) -> None:
+        while (ev := self.triggers.get(stop)) is not None:
+            burst = capture_burst(self.camera, ev, self.cfg.camera, self.clock, stop)
+            if burst.frames and not self.bursts.put_drop_oldest(burst):
+                self.counters.triggers_dropped += 1
+
+    def _detect_loop(self, stop: threading.Event) -> None:
+        while (burst := self.bursts.get(stop)) is not None:
+            results: list[FrameResult | None] = []
+            for frame in burst.frames:
+                try:
+                    results.append(self.pipeline.analyse(frame.jpeg))
+                except ImageError as e:
+                    self.counters.frames_failed += 1
+                    logger.warning("frame %s of trigger %d unreadable: %s", frame.name,
+                                   burst.trigger.number, e)
+                    results.append(None)
+                self.counters.frames += 1
+            verdict = decide(results, self.cfg.policy)
+            logger.info("trigger %d: %s %s %s (%.2f)", burst.trigger.number, verdict.outcome,
+                        verdict.label, verdict.species or "", verdict.score)
+            if not self.decided.put_wait((burst, verdict), stop):
+                logger.warning("stopping: trigger %d decided but not stored",
+                               burst.trigger.number)
+
+    def _store_loop(self, stop: threading.Event) -> None:
+        self.store.open()  # the store thread owns its SQLite connection
+        try:
+            while (item := self.decided.get(stop)) is not None:
+                burst, verdict = item
+                stored = self.store.record(burst, verdict)
+                if verdict.outcome == "discard":
+                    self.counters.empty += 1
+                    if stored is not None:
+                        self.counters.audits += 1
+                    continue
+                self.counters.kept += 1
+                if verdict.outcome == "alert":
+                    self.counters.alerts += 1
+                self.counters.latencies_ms.append(
+                    (self.clock.monotonic() - burst.trigger.mono) * 1000.0)
+                if self.link is not None:
+                    self.link.wake()
+        finally:
+            self.store.close()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start in dependency order: consumers before producers, the PIR last."""
+        self.camera.start()
+        self.supervisor.start()
+        self.trigger.start()
+        self._started = True
+        logger.info("camtrap %s running as %s (%s backend)", __version__, self.cfg.unit.id,
+                    self.cfg.hardware.backend)
+
+    def stop(self, timeout_s: float = 5.0) -> list[str]:
+        """Stop the PIR first, then the stages in reverse; returns stages that were late."""
+        self.trigger.close()
+        late = self.supervisor.stop(timeout_s)
+        self.camera.close()
+        self.pipeline.close()
+        self._started = False
+        return late
+
+    def stop_visits(self) -> None:
+        """Sim backend: no more simulated animals (the demo then lets the pipeline drain)."""
+        for w in self.supervisor.workers:
+            if w.name == "sim-world":
+                w.stop_event.set()
+
+    def is_idle(self) -> bool:
+        """True when every accepted trigger has been decided and stored (or dropped)."""
+        c = self.counters
+        return c.triggers <= c.empty + c.kept + c.triggers_dropped
+
+    def outbox_depth(self) -> int:
+        return self.store.outbox_depth()
+
+
+def run_daemon(cfg: Config, models: str | None = None) -> int:
+    """``camtrap run``: run until SIGTERM/SIGINT or a stage gives up.
+
+    Returns:
+        0 after a clean stop, 1 if a stage used up its restart budget (systemd restarts us).
+    """
+    app = App(cfg, resolve_models_dir(models, cfg.detector.models_dir))
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping", signum)
+        app.supervisor.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app.start()
+    sd_notify("READY=1")
+    while not app.supervisor.done.wait(20.0):
+        sd_notify("WATCHDOG=1")
+    sd_notify("STOPPING=1")
+    late = app.stop(5.0)
+    if late:
+        logger.error("stages still running at exit: %s", ", ".join(late))
+    logger.info("stopped: %s", app.counters.snapshot())
+    return 1 if app.supervisor.failed else 0

@@ -1,0 +1,157 @@
+"""Burst vote and decision: a trigger's frame results → alert, keep or discard.
+
+ARCHITECTURE §4: the stand-in models miss about a third of real animals, so ``discard`` must
+be a *confident* verdict. A trigger is discarded only when every frame was analysed and every
+raw score of every frame (``FrameResult.max_scores``, which includes scores far below the
+detection threshold) stays under ``policy.empty_below``. Anything else that found nothing is
+``keep``: stored locally, never silently dropped.
+
+Two choices beyond the plain rule, both on the side of not losing an event:
+
+* A frame that could not be decoded (``None``) is never evidence of emptiness, and it also
+  blocks a discard: the frame we could not read may be the one with the animal in it.
+* The label of an alerting trigger is the best *alerting* category: a person at 0.6 next to a
+  dog at 0.9 is reported as ``person`` (with ``alert_on`` = person), not as ``animal``.
+
+The vote is a function (:data:`Vote`) so that mean or k-of-n votes plug in beside
+:func:`vote_max` without touching :func:`decide`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from edge_app.config import PolicyConfig
+from edge_app.events import CATEGORIES, SPECIES, FrameResult, Label, Outcome, Species, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """The burst's score for one category or species, and the frame it came from."""
+
+    score: float
+    frame: int
+
+
+Vote = Callable[[Sequence[FrameResult | None]], dict[str, Evidence]]
+"""Frames → per category/species evidence (only for keys something was detected for)."""
+
+
+def frame_evidence(r: FrameResult) -> dict[str, float]:
+    """One frame's above-threshold scores: best box per category, best species confidence."""
+    ev: dict[str, float] = {}
+    for d in r.detections:
+        ev[d.category] = max(ev.get(d.category, 0.0), d.conf)
+        if d.species is not None:
+            ev[d.species] = max(ev.get(d.species, 0.0), d.species_conf or 0.0)
+    # A result without boxes but with a label (e.g. built by another stage) still counts.
+    if r.label != "empty" and r.label not in ev:
+        ev[r.label] = r.score
+    if r.species is not None and r.species not in ev:
+        ev[r.species] = r.score
+    return ev
+
+
+def vote_max(results: Sequence[FrameResult | None]) -> dict[str, Evidence]:
+    """Max per key over the burst (the earliest frame wins a tie).
+
+    Max is the right first vote for a trap: one clear frame of a leopard walking through the
+    edge of the field of view is enough.
+    """
+    best: dict[str, Evidence] = {}
+    for i, r in enumerate(results):
+        if r is None:
+            continue
+        for key, score in frame_evidence(r).items():
+            if key not in best or score > best[key].score:
+                best[key] = Evidence(score, i)
+    return best
+
+
+VOTES: dict[str, Vote] = {"max": vote_max}
+"""Named votes (a later issue adds mean and k-of-n and a config key to choose)."""
+
+_AS_SPECIES: dict[str, Species] = {s: s for s in SPECIES}
+_AS_LABEL: dict[str, Label] = {c: c for c in CATEGORIES}
+
+
+def _top(keys: Sequence[str], votes: dict[str, Evidence]) -> str | None:
+    present = [k for k in keys if k in votes]
+    return max(present, key=lambda k: votes[k].score) if present else None
+
+
+def _emptiness(results: Sequence[FrameResult | None], below: float) -> tuple[bool, str, int]:
+    """Is the burst confidently empty? Returns (empty, reason, frame with the highest score)."""
+    worst, worst_key, worst_frame = -1.0, "", -1
+    for i, r in enumerate(results):
+        if r is None:
+            continue
+        for key, v in r.max_scores.items():
+            if v > worst:
+                worst, worst_key, worst_frame = v, key, i
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:
+        return False, f"frame(s) {missing} could not be decoded", worst_frame
+    if any(not r.max_scores for r in results if r is not None):
+        return False, "a frame has no raw scores to judge emptiness", worst_frame
+    if worst >= below:
+        return (False, f"nothing detected but {worst_key} reached {worst:.2f} "
+                f"(≥ empty_below {below:.2f}) in frame {worst_frame}", worst_frame)
+    return True, f"every score below empty_below {below:.2f} (max {worst:.2f})", worst_frame
+
+
+def decide(results: Sequence[FrameResult | None], policy: PolicyConfig,
+           vote: Vote = vote_max) -> Verdict:
+    """Decide what happens to one trigger.
+
+    Args:
+        results: one entry per burst frame, ``None`` where the frame could not be decoded.
+        policy: alert list and emptiness threshold.
+        vote: how frames are combined (default: max per category/species).
+
+    Returns:
+        The verdict: ``alert`` when a category or species in ``policy.alert_on`` was detected
+        (a named species also counts as ``animal``), ``discard`` only when the burst is
+        confidently empty, else ``keep``.
+    """
+    frozen = tuple(results)
+    if not frozen or all(r is None for r in frozen):
+        return Verdict("keep", "empty", None, 0.0, -1, frozen,
+                       "no frame could be analysed; kept, never dropped unseen")
+    votes = vote(frozen)
+    alert_on = set(policy.alert_on)
+
+    # Species first: a named species is an animal even if no frame's box said so.
+    species_keys: list[str] = list(SPECIES)
+    alerting_species = [s for s in species_keys if s in votes and s in alert_on]
+    species_name = _top(alerting_species or species_keys, votes)
+    species: Species | None = None
+    if species_name is not None:
+        species = _AS_SPECIES[species_name]
+        if "animal" not in votes:
+            votes["animal"] = votes[species_name]
+
+    cats: list[str] = [c for c in CATEGORIES if c in votes]
+    alerting = [c for c in cats if c in alert_on
+                or (c == "animal" and species is not None and species in alert_on)]
+    top = _top(alerting or cats, votes)
+    if top is not None:
+        label = _AS_LABEL[top]
+        if label == "animal" and species is not None:
+            ev = votes[species]
+            what = f"{species} {ev.score:.2f}"
+        else:
+            ev = votes[label]
+            what = f"{label} {ev.score:.2f}"
+        outcome: Outcome = "alert" if alerting else "keep"
+        reason = (f"{what} in frame {ev.frame} is on the alert list" if alerting
+                  else f"{what} in frame {ev.frame}, not on the alert list")
+        return Verdict(outcome, label, species, ev.score, ev.frame, frozen, reason)
+
+    empty, reason, frame = _emptiness(frozen, policy.empty_below)
+    return Verdict("discard" if empty else "keep", "empty", None, 0.0, frame, frozen, reason)
+

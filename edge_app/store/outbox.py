@@ -1,0 +1,452 @@
+"""The durable outbox: every message that must leave the trap, as a SQLite row with a state.
+
+Why our own queue: paho keeps unacknowledged QoS 1 messages only in memory, so a reboot or a
+power cut would lose them. Here a message exists as a row *before* anyone tries to send it, and
+it only leaves the ``ready``/``inflight`` states when the link has confirmed delivery (MQTT
+PUBACK with a success reason code)::
+
+    ready ──mark_inflight──► inflight ──mark_sent──► sent ──purge──► (deleted)
+      ▲                         │
+      └──mark_failed (backoff)──┘      ready ──expire──► dead      recover(): inflight → ready
+
+Delivery is at-least-once: a row that was on the air when the power went is sent again after
+:meth:`Outbox.recover`; every message carries its event id so receivers deduplicate.
+
+Times are wall-clock seconds (the rows outlive the process, so monotonic time is meaningless
+for them). A Pi has no RTC and its clock can step when NTP syncs; a backwards step must not
+park a row for hours, so a ``next_attempt_at`` further ahead than the longest backoff counts as
+due.
+
+Order of service: ``alert`` < ``status`` < ``event`` < ``thumb`` < ``image`` (``priority`` 0 is
+served first), then oldest first. ``event`` is the event JSON of a trigger that was kept but did
+not raise an alert: it must reach the base after alerts and status, and before the (large)
+media, so that a thumbnail never arrives before the event it belongs to.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from edge_app.clock import Clock
+from edge_app.config import OutboxConfig
+from edge_app.store.db import transaction
+
+logger = logging.getLogger(__name__)
+
+
+class Kind(StrEnum):
+    """What a row carries."""
+
+    ALERT = "alert"
+    STATUS = "status"
+    EVENT = "event"
+    THUMB = "thumb"
+    IMAGE = "image"
+
+
+class State(StrEnum):
+    """Where a row is in its life."""
+
+    READY = "ready"
+    INFLIGHT = "inflight"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+PRIORITY: dict[Kind, int] = {
+    Kind.ALERT: 0,
+    Kind.STATUS: 1,
+    Kind.EVENT: 2,
+    Kind.THUMB: 3,
+    Kind.IMAGE: 4,
+}
+
+_MAX_EXPONENT = 30  # 2**30 × backoff_min_s is far above any cap; avoids huge ints
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One outbox row, as read.
+
+    Attributes:
+        payload: the message body, or None for a media row (``media_path`` is read at send
+            time, so large images are not duplicated into the database).
+        media_path: a file relative to the storage root (or absolute), for media rows.
+        inflight_since: when the current attempt started (``inflight`` rows only).
+        done_at: when the row became ``sent`` or ``dead``.
+    """
+
+    id: int
+    event_id: str | None
+    kind: str
+    priority: int
+    topic: str
+    payload: bytes | None
+    media_path: str | None
+    created: float
+    attempts: int
+    next_attempt_at: float
+    expires_at: float | None
+    state: str
+    inflight_since: float | None
+    done_at: float | None
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> OutboxRow:
+        payload = r["payload"]
+        return cls(
+            id=r["id"],
+            event_id=r["event_id"],
+            kind=r["kind"],
+            priority=r["priority"],
+            topic=r["topic"],
+            payload=None if payload is None else bytes(payload),
+            media_path=r["media_path"],
+            created=r["created"],
+            attempts=r["attempts"],
+            next_attempt_at=r["next_attempt_at"],
+            expires_at=r["expires_at"],
+            state=r["state"],
+            inflight_since=r["inflight_since"],
+            done_at=r["done_at"],
+            last_error=r["last_error"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A summary for ``camtrap outbox ls --json`` (the payload itself is left out)."""
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "kind": self.kind,
+            "state": self.state,
+            "topic": self.topic,
+            "bytes": None if self.payload is None else len(self.payload),
+            "media_path": self.media_path,
+            "created": self.created,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "expires_at": self.expires_at,
+            "last_error": self.last_error,
+        }
+
+
+class Outbox:
+    """The outbox table seen through one connection.
+
+    Each thread builds its own ``Outbox`` on its own connection (the store thread enqueues,
+    the uplink thread does everything else); SQLite's locking serialises their writes.
+
+    Args:
+        conn: a connection from :func:`edge_app.store.db.open_db`.
+        clock: wall time for ``now`` defaults.
+        cfg: backoff limits.
+        rng: random source of the backoff jitter (inject a seeded one in tests).
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        clock: Clock,
+        cfg: OutboxConfig,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._conn = conn
+        self._clock = clock
+        self._cfg = cfg
+        self._rng = rng or random.Random()  # jitter, not cryptography
+
+    def _now(self, now: float | None) -> float:
+        return self._clock.wall() if now is None else now
+
+    # -- producer side ------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        kind: Kind | str,
+        topic: str,
+        *,
+        payload: bytes | None = None,
+        media_path: str | None = None,
+        event_id: str | None = None,
+        expires_at: float | None = None,
+        now: float | None = None,
+    ) -> int:
+        """Add a ready row; joins the caller's transaction if one is open.
+
+        Args:
+            kind: one of :class:`Kind`; sets the priority.
+            topic: where the link publishes it (for media rows, the chunk index is appended).
+            payload: the message body (exclusive with ``media_path``).
+            media_path: a media file written *before* this call (atomically).
+            event_id: the event the row belongs to, for dedupe and ``ls``.
+            expires_at: wall time after which the row is not worth sending.
+            now: creation time (default: the clock).
+
+        Returns:
+            The row id.
+
+        Raises:
+            ValueError: unknown kind, or neither/both of payload and media_path.
+        """
+        k = Kind(kind)
+        if (payload is None) == (media_path is None):
+            raise ValueError("give exactly one of payload and media_path")
+        t = self._now(now)
+        with transaction(self._conn):
+            cur = self._conn.execute(
+                "INSERT INTO outbox (event_id, kind, priority, topic, payload, media_path, "
+                "created, next_attempt_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (event_id, k.value, PRIORITY[k], topic, payload, media_path, t, t, expires_at),
+            )
+        row_id = cur.lastrowid
+        assert row_id is not None
+        return row_id
+
+    # -- link side ----------------------------------------------------------------------
+
+    def _skew_s(self) -> float:
+        """How far ahead a retry time may be before we assume the clock stepped back."""
+        return self._cfg.backoff_max_s + 1.0
+
+    def due(self, now: float | None = None, limit: int = 10) -> list[OutboxRow]:
+        """Ready rows whose time has come, most urgent first (priority, then age)."""
+        t = self._now(now)
+        rows = self._conn.execute(
+            "SELECT * FROM outbox WHERE state = 'ready' "
+            "AND (next_attempt_at <= :now OR next_attempt_at > :now + :skew) "
+            "AND (expires_at IS NULL OR expires_at > :now) "
+            "ORDER BY priority, id LIMIT :limit",
+            {"now": t, "skew": self._skew_s(), "limit": max(0, limit)},
+        ).fetchall()
+        return [OutboxRow.from_row(r) for r in rows]
+
+    def next_ready_at(self, now: float | None = None) -> float | None:
+        """When the next ready row becomes due (None if there is none).
+
+        Capped at ``now + backoff_max_s`` so a backwards clock step cannot put it far off.
+        """
+        t = self._now(now)
+        r = self._conn.execute(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'ready'"
+        ).fetchone()
+        if r[0] is None:
+            return None
+        return min(float(r[0]), t + self._skew_s())
+
+    def oldest_inflight_since(self) -> float | None:
+        """Start of the oldest in-flight attempt (None if nothing is in flight)."""
+        r = self._conn.execute(
+            "SELECT MIN(inflight_since) FROM outbox WHERE state = 'inflight'"
+        ).fetchone()
+        return None if r[0] is None else float(r[0])
+
+    def mark_inflight(self, row_id: int, now: float | None = None) -> None:
+        """An attempt starts: count it and remember when (for the in-flight timeout)."""
+        self._conn.execute(
+            "UPDATE outbox SET state = 'inflight', attempts = attempts + 1, "
+            "inflight_since = ? WHERE id = ? AND state = 'ready'",
+            (self._now(now), row_id),
+        )
+
+    def mark_sent(self, row_ids: int | Iterable[int], now: float | None = None) -> int:
+        """The link confirmed delivery; returns how many rows changed.
+
+        Takes several ids so that a burst of PUBACKs costs one fsync, not one each. A row
+        already ``sent`` is left alone; a row that was requeued in the meantime is still
+        marked sent (the broker did confirm it).
+        """
+        ids = [row_ids] if isinstance(row_ids, int) else list(row_ids)
+        if not ids:
+            return 0
+        t = self._now(now)
+        n = 0
+        with transaction(self._conn):
+            for rid in ids:
+                cur = self._conn.execute(
+                    "UPDATE outbox SET state = 'sent', done_at = ?, inflight_since = NULL, "
+                    "last_error = NULL WHERE id = ? AND state IN ('inflight', 'ready')",
+                    (t, rid),
+                )
+                n += cur.rowcount
+        return n
+
+    def backoff_s(self, attempts: int) -> float:
+        """Full-jitter exponential backoff: uniform in [0, min(max, min × 2^(attempts−1))].
+
+        Full jitter spreads the retries of many units that lost the same base station, so
+        they do not all come back in the same second.
+        """
+        exp = min(max(attempts - 1, 0), _MAX_EXPONENT)
+        cap = min(self._cfg.backoff_max_s, self._cfg.backoff_min_s * (2**exp))
+        return self._rng.uniform(0.0, cap)
+
+    def mark_failed(self, row_id: int, now: float | None, error: str) -> float | None:
+        """The attempt failed: back to ready after a backoff.
+
+        Args:
+            row_id: the row.
+            now: time of the failure (None: the clock).
+            error: why, kept in ``last_error`` for ``camtrap outbox ls``.
+
+        Returns:
+            The time of the next attempt, or None if the row was not in flight or ready.
+        """
+        t = self._now(now)
+        with transaction(self._conn):
+            r = self._conn.execute(
+                "SELECT attempts FROM outbox WHERE id = ? AND state IN ('inflight', 'ready')",
+                (row_id,),
+            ).fetchone()
+            if r is None:
+                return None
+            when = t + self.backoff_s(max(int(r[0]), 1))
+            self._conn.execute(
+                "UPDATE outbox SET state = 'ready', next_attempt_at = ?, inflight_since = NULL, "
+                "last_error = ? WHERE id = ?",
+                (when, error[:500], row_id),
+            )
+        return when
+
+    def mark_dead(self, row_id: int, now: float | None, error: str) -> None:
+        """Give up on a row that can never be sent (e.g. its media file is gone)."""
+        self._conn.execute(
+            "UPDATE outbox SET state = 'dead', done_at = ?, inflight_since = NULL, "
+            "last_error = ? WHERE id = ? AND state IN ('ready', 'inflight')",
+            (self._now(now), error[:500], row_id),
+        )
+
+    def requeue_stale_inflight(self, now: float | None, timeout_s: float) -> list[int]:
+        """Return rows in flight for longer than ``timeout_s`` to ready (sent again at once).
+
+        Returns:
+            The ids requeued, so the link can forget its message ids for them.
+        """
+        t = self._now(now)
+        with transaction(self._conn):
+            ids = [
+                int(r[0])
+                for r in self._conn.execute(
+                    "SELECT id FROM outbox WHERE state = 'inflight' "
+                    "AND (inflight_since <= ? OR inflight_since > ?)",
+                    (t - timeout_s, t + timeout_s),
+                )
+            ]
+            for rid in ids:
+                self._conn.execute(
+                    "UPDATE outbox SET state = 'ready', inflight_since = NULL, "
+                    "next_attempt_at = ?, last_error = 'no acknowledgement in time' "
+                    "WHERE id = ?",
+                    (t, rid),
+                )
+        if ids:
+            logger.warning("requeued %d message(s) unacknowledged after %.0f s", len(ids),
+                           timeout_s)
+        return ids
+
+    def restart_inflight(self, now: float | None = None) -> int:
+        """Restart the in-flight clock of every in-flight row (after a reconnect).
+
+        The MQTT client resends its unacknowledged messages when it reconnects; their
+        timeout must count from then, or a long outage would make every one of them look
+        stale and be sent twice.
+        """
+        cur = self._conn.execute(
+            "UPDATE outbox SET inflight_since = ? WHERE state = 'inflight'", (self._now(now),)
+        )
+        return cur.rowcount
+
+    def recover(self, now: float | None = None) -> int:
+        """At start-up: rows in flight when the process died go back to ready, due now."""
+        cur = self._conn.execute(
+            "UPDATE outbox SET state = 'ready', inflight_since = NULL, next_attempt_at = ? "
+            "WHERE state = 'inflight'",
+            (self._now(now),),
+        )
+        if cur.rowcount:
+            logger.info("recovered %d in-flight message(s) from the last run", cur.rowcount)
+        return cur.rowcount
+
+    def expire(self, now: float | None = None) -> int:
+        """Ready rows past their expiry become dead; returns how many."""
+        t = self._now(now)
+        cur = self._conn.execute(
+            "UPDATE outbox SET state = 'dead', done_at = ?, last_error = 'expired' "
+            "WHERE state = 'ready' AND expires_at IS NOT NULL AND expires_at <= ?",
+            (t, t),
+        )
+        if cur.rowcount:
+            logger.warning("%d message(s) expired undelivered", cur.rowcount)
+        return cur.rowcount
+
+    # -- inspection and housekeeping ----------------------------------------------------
+
+    def depth(self) -> dict[str, int]:
+        """Unsent rows (ready + in flight) per kind, every kind present."""
+        out = {k.value: 0 for k in Kind}
+        for r in self._conn.execute(
+            "SELECT kind, COUNT(*) FROM outbox WHERE state IN ('ready', 'inflight') "
+            "GROUP BY kind"
+        ):
+            out[r[0]] = int(r[1])
+        return out
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Row counts per kind and state, every kind and state present."""
+        out = {k.value: {s.value: 0 for s in State} for k in Kind}
+        for r in self._conn.execute(
+            "SELECT kind, state, COUNT(*) FROM outbox GROUP BY kind, state"
+        ):
+            out[r[0]][r[1]] = int(r[2])
+        return out
+
+    def get(self, row_id: int) -> OutboxRow | None:
+        """One row by id."""
+        r = self._conn.execute("SELECT * FROM outbox WHERE id = ?", (row_id,)).fetchone()
+        return None if r is None else OutboxRow.from_row(r)
+
+    def ls(self, limit: int = 50, states: Sequence[str] | None = None) -> list[OutboxRow]:
+        """Rows in service order: in flight, ready, dead, sent; then priority and age."""
+        where = ""
+        params: list[Any] = []
+        if states:
+            where = f"WHERE state IN ({', '.join('?' for _ in states)})"
+            params.extend(State(s).value for s in states)
+        params.append(max(0, limit))
+        rows = self._conn.execute(
+            f"SELECT * FROM outbox {where} ORDER BY CASE state WHEN 'inflight' THEN 0 "  # noqa: S608 - placeholders only
+            "WHEN 'ready' THEN 1 WHEN 'dead' THEN 2 ELSE 3 END, priority, id LIMIT ?",
+            params,
+        ).fetchall()
+        return [OutboxRow.from_row(r) for r in rows]
+
+    def purge(
+        self,
+        states: Sequence[str] = (State.SENT,),
+        older_than_s: float = 0.0,
+        now: float | None = None,
+    ) -> int:
+        """Delete finished rows; returns how many.
+
+        Args:
+            states: which states to delete. Purging ``ready`` or ``inflight`` rows throws
+                messages away and is only for an operator who means it.
+            older_than_s: keep rows finished (or, if unfinished, created) more recently.
+            now: reference time (None: the clock).
+        """
+        if not states:
+            return 0
+        t = self._now(now)
+        values = [State(s).value for s in states]
+        cur = self._conn.execute(
+            f"DELETE FROM outbox WHERE state IN ({', '.join('?' for _ in values)}) "  # noqa: S608 - placeholders only
+            "AND COALESCE(done_at, created) <= ?",
+            (*values, t - older_than_s),
+        )
+        return cur.rowcount

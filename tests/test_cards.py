@@ -1,0 +1,195 @@
+"""Model cards: the repo's cards, lookup order, validation and the sha256 gate."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_app.config import DetectorConfig
+from edge_app.detect.cards import (
+    FORMATS,
+    REPO_MODELS,
+    build_class_map,
+    find_card,
+    load_card,
+    load_labels,
+    parse_card,
+    sha256_file,
+    verify_model_file,
+)
+from edge_app.detect.pipeline import DETECTOR_HEADS, Pipeline
+from edge_app.errors import ModelError
+
+CARDS = sorted(p.stem for p in REPO_MODELS.glob("*.toml"))
+YOLO = "yolov8n_coco_int8_640"
+
+
+def card_data(name: str = YOLO) -> dict[str, Any]:
+    return tomllib.loads((REPO_MODELS / f"{name}.toml").read_text())
+
+
+def dump(data: dict[str, Any]) -> str:
+    """A tiny TOML writer for the card shapes used here."""
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return repr(v)
+
+    top = [f"{k} = {val(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    tables = [f"[{k}]\n" + "\n".join(f"{kk} = {val(vv)}" for kk, vv in v.items())
+              for k, v in data.items() if isinstance(v, dict)]
+    return "\n".join(top) + "\n\n" + "\n\n".join(tables) + "\n"
+
+
+def test_repo_has_the_three_cards() -> None:
+    assert set(CARDS) >= {YOLO, "yolov8n_coco_int8io_float_320",
+                          "mobilenet_v2_imagenet_uint8_224"}
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("name", CARDS)
+def test_repo_cards_match_the_model_pack(name: str, models_dir: Path) -> None:
+    card = load_card(find_card(name, None))
+    assert card.name == name
+    assert verify_model_file(card, models_dir) == models_dir / card.file
+    labels = load_labels(card, models_dir)
+    cmap = build_class_map(card, labels)  # every mapped label name exists
+    if card.task == "detector":
+        assert card.output.format in DETECTOR_HEADS
+        assert cmap.names[int(cmap.category_classes[1][0])] == "person"
+        assert len(cmap.category_classes[0]) == 10  # bird..giraffe
+        assert len(cmap.category_classes[2]) == 5
+    else:
+        assert [len(c) for c in cmap.species_classes] == [4, 1, 3]
+        assert "tiger cat" not in [cmap.names[i] for i in cmap.species_classes[1]]
+
+
+@pytest.mark.models
+def test_sha256_in_cards_matches_models_md(models_dir: Path) -> None:
+    text = (models_dir / "MODELS.md").read_text()
+    for name in CARDS:
+        card = load_card(REPO_MODELS / f"{name}.toml")
+        m = re.search(rf"`{re.escape(card.file)}` \| ([0-9a-f]{{64}})", text)
+        assert m is not None, card.file
+        assert m.group(1) == card.sha256
+
+
+def test_models_dir_card_shadows_repo_card(tmp_path: Path) -> None:
+    (tmp_path / f"{YOLO}.toml").write_text((REPO_MODELS / f"{YOLO}.toml").read_text())
+    assert find_card(YOLO, tmp_path) == tmp_path / f"{YOLO}.toml"
+    assert find_card("mobilenet_v2_imagenet_uint8_224", tmp_path).parent == REPO_MODELS
+
+
+def test_unknown_card_and_bad_names(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no model card found"):
+        find_card("nope", tmp_path)
+    with pytest.raises(ModelError, match="names are"):
+        find_card("../etc/passwd", tmp_path)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda d: d.update(colour_order="RGB"), r"colour_order: unknown key"),
+    (lambda d: d["input"].update(colour_ordr="BGR"), r"input\.colour_ordr: unknown key"),
+    (lambda d: d["input"].update(colour_order="RBG"), r"input\.colour_order: must be one of"),
+    (lambda d: d.pop("sha256"), r"sha256: is required"),
+    (lambda d: d.update(sha256="abc"), r"sha256: must be 64 hex digits"),
+    (lambda d: d.update(schema=2), r"schema"),
+    (lambda d: d.update(file="../x.tflite"), r"file: must be a plain file name"),
+    (lambda d: d["input"].update(width="640"), r"input\.width: must be an integer"),
+    (lambda d: d["input"].update(value_range=[1.0, 0.0]), r"value_range"),
+    (lambda d: d["output"].update(format="yolov99"), r"output\.format: must be one of"),
+    (lambda d: d["output"].update(format="classifier"), r"is a classifier format"),
+    (lambda d: d["output"].update(coords="inches"), r"output\.coords: must be one of"),
+    (lambda d: d["output"].update(anchors="x.npy"), r"output\.anchors: unknown key"),
+    (lambda d: d["categories"].update(plant=["potted plant"]), r"categories\.plant"),
+    (lambda d: d["categories"].update(person="person"), r"must be a list of label names"),
+])
+def test_bad_cards_name_the_key(tmp_path: Path, change: Any, match: str) -> None:
+    data = card_data()
+    change(data)
+    with pytest.raises(ModelError, match=match) as e:
+        parse_card(data, YOLO, tmp_path / "c.toml")
+    assert str(tmp_path / "c.toml") in str(e.value)
+
+
+def test_card_not_toml(tmp_path: Path) -> None:
+    p = tmp_path / "x.toml"
+    p.write_text("schema = = 1")
+    with pytest.raises(ModelError, match="not valid TOML"):
+        load_card(p)
+
+
+def test_format_table_is_consistent() -> None:
+    for name, spec in FORMATS.items():
+        assert spec.task in ("detector", "classifier"), name
+        for key in spec.choices:
+            assert key in spec.params, (name, key)
+
+
+@pytest.mark.models
+def test_label_typo_in_card_is_refused(tmp_path: Path, models_dir: Path) -> None:
+    data = card_data()
+    data["categories"]["animal"] = [*data["categories"]["animal"], "elefant"]
+    card = parse_card(data, YOLO, tmp_path / "c.toml")
+    with pytest.raises(ModelError, match=r"'elefant' is not in coco80_labels\.txt"):
+        build_class_map(card, load_labels(card, models_dir))
+
+
+@pytest.mark.models
+def test_altered_model_is_refused_with_both_hashes(tmp_path: Path, models_dir: Path) -> None:
+    """A model whose bytes differ from its card must never load."""
+    data = (models_dir / f"{YOLO}.tflite").read_bytes()
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 0x01
+    (tmp_path / f"{YOLO}.tflite").write_bytes(bytes(bad))
+    shutil.copy(models_dir / "coco80_labels.txt", tmp_path)
+    (tmp_path / f"{YOLO}.toml").write_text((REPO_MODELS / f"{YOLO}.toml").read_text())
+    actual = hashlib.sha256(bad).hexdigest()
+    expected = hashlib.sha256(data).hexdigest()
+    with pytest.raises(ModelError) as e:
+        Pipeline(DetectorConfig(classifier=""), tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path / f"{YOLO}.tflite") in msg
+    assert expected in msg
+    assert actual in msg
+    assert e.value.path == str(tmp_path / f"{YOLO}.tflite")
+
+
+def test_sha256_cache_notices_a_replaced_file(tmp_path: Path) -> None:
+    p = tmp_path / "m.tflite"
+    p.write_bytes(b"one")
+    first = sha256_file(p)
+    assert sha256_file(p) == first == hashlib.sha256(b"one").hexdigest()
+    p.write_bytes(b"two!")
+    assert sha256_file(p) == hashlib.sha256(b"two!").hexdigest()
+    p.unlink()
+    with pytest.raises(ModelError, match="not found"):
+        sha256_file(p)
+
+
+@pytest.mark.models
+def test_card_of_the_wrong_task_is_refused(models_dir: Path) -> None:
+    with pytest.raises(ModelError, match="is a classifier, expected a detector"):
+        Pipeline(DetectorConfig(detector="mobilenet_v2_imagenet_uint8_224", classifier=""),
+                 models_dir)
+
+
+@pytest.mark.models
+def test_card_input_size_must_match_model(tmp_path: Path, models_dir: Path) -> None:
+    data = card_data()
+    data["input"]["width"] = data["input"]["height"] = 320
+    (tmp_path / f"{YOLO}.toml").write_text(dump(data))
+    for f in (f"{YOLO}.tflite", "coco80_labels.txt"):
+        (tmp_path / f).symlink_to(models_dir / f)
+    with pytest.raises(ModelError, match="input is 640x640 but card"):
+        Pipeline(DetectorConfig(classifier=""), tmp_path)

@@ -1,0 +1,341 @@
+"""The MQTT link and the ranger receiver against a real mosquitto (MQTT 5, paho 2.x).
+
+What is checked end to end: store → outbox → MqttLink → broker → Receiver, delivery exactly
+once after dedupe, rows marked sent only on a successful PUBACK, nothing lost across broker
+outages, receiver sessions, and the retained status (online / offline / the ``lost`` will).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from conftest import Broker
+from paho.mqtt.enums import CallbackAPIVersion
+from store_support import burst_and_verdict, cfg_data, make_cfg, wait_for
+
+from edge_app.config import Config
+from edge_app.ranger import Receiver
+from edge_app.sim.broker import PrivateBroker, find_mosquitto
+from edge_app.store.outbox import State
+from edge_app.store.pipeline import EventStore
+from edge_app.uplink.mqtt import LinkState, MqttLink
+
+pytestmark = pytest.mark.broker
+
+
+class RunningLink:
+    """An MqttLink on its own thread, as the supervisor runs it."""
+
+    def __init__(self, cfg: Config, db: Path, **kw: Any) -> None:
+        self.link = MqttLink(cfg, db, rng=random.Random(7), **kw)
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="uplink", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.link.run(self.stop_event)
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.link.wake()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "uplink did not stop"
+        assert self.error is None
+
+
+class Collector:
+    """A Receiver whose alerts and statuses are recorded."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        self.statuses: list[str] = []
+        self.receiver = Receiver("127.0.0.1", port, client_id=client_id,
+                                 on_alert=self.alerts.append,
+                                 on_status=lambda unit, body: self.statuses.append(body["state"]))
+
+    def __enter__(self) -> Collector:
+        self.receiver.start()
+        assert self.receiver.wait_connected(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.receiver.stop()
+
+    def ids(self) -> list[str]:
+        return [a["id"] for a in self.alerts]
+
+
+class RawClient:
+    """A plain paho client for publishing test messages and watching media chunks."""
+
+    def __init__(self, port: int, subscribe: str | None = None) -> None:
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+        self.c.on_message = lambda c, u, m: self.messages.append(m)
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        if subscribe:
+            done = threading.Event()
+            self.c.on_subscribe = lambda *a: done.set()
+            self.c.subscribe(subscribe, qos=1)
+            assert done.wait(5)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.c.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path, broker: Broker) -> Iterator[EventStore]:
+    s = EventStore(make_cfg(tmp_path / "data", broker.port))
+    s.open()
+    yield s
+    s.close()
+
+
+def states(store: EventStore) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for kind in store.outbox.stats().values():
+        for state, n in kind.items():
+            out[state] = out.get(state, 0) + n
+    return out
+
+
+def all_sent(store: EventStore) -> bool:
+    s = states(store)
+    return s["ready"] == 0 and s["inflight"] == 0 and s["sent"] > 0
+
+
+def test_alerts_arrive_once_with_media_and_rows_are_marked_sent(
+    store: EventStore, broker: Broker
+) -> None:
+    chunks = RawClient(broker.port, subscribe="camtrap/T-1/media/#")
+    with Collector(broker.port, "ranger-a") as ranger:
+        run = RunningLink(store.cfg, store.db_path, chunk_bytes=1024)
+        store.notify = run.link.wake
+        try:
+            for outcome in ("alert", "alert", "keep", "alert"):
+                store.record(*burst_and_verdict(outcome))
+            wait_for(lambda: all_sent(store), what="every row sent")
+            wait_for(lambda: len(ranger.alerts) == 3, what="three alerts")
+            assert ranger.ids() == ["T-1-1", "T-1-2", "T-1-4"]  # the keep is not an alert
+            assert ranger.receiver.stats.ignored == 1
+            # alert+thumb+image per alert; event+thumb per keep
+            wait_for(lambda: run.link.stats().sent == 3 * 3 + 2, what="sent counter")
+            assert run.link.sent_count == 3
+            assert run.link.stats().failed == 0
+
+            # The receiver dedupes a resend and survives garbage.
+            raw = RawClient(broker.port)
+            raw.publish("camtrap/T-1/event", json.dumps(ranger.alerts[0]).encode())
+            raw.publish("camtrap/T-1/event", b"\xff not json")
+            raw.publish("camtrap/T-1/event", b'{"no": "id"}')
+            raw.close()
+            wait_for(lambda: ranger.receiver.stats.malformed == 2, what="malformed counted")
+            wait_for(lambda: ranger.receiver.stats.duplicates == 1, what="duplicate counted")
+            assert len(ranger.alerts) == 3
+        finally:
+            run.stop()
+
+    # The image of the first alert, reassembled from its chunks, matches the event's hash.
+    first = ranger.alerts[0]
+    image = next(m for m in first["media"] if m["kind"] == "image")
+    parts = {}
+    for m in chunks.messages:
+        if m.topic.startswith(f"camtrap/T-1/media/{image['id']}/"):
+            props = dict(m.properties.UserProperty)  # type: ignore[union-attr]
+            assert props["event"] == "T-1-1"
+            assert props["sha256"] == image["sha256"]
+            parts[int(props["chunk"])] = (int(props["of"]), m.payload)
+    chunks.close()
+    total = next(iter(parts.values()))[0]
+    assert total > 1
+    assert sorted(parts) == list(range(total))
+    data = b"".join(parts[i][1] for i in range(total))
+    assert len(data) == image["bytes"]
+    assert hashlib.sha256(data).hexdigest() == image["sha256"]
+
+
+def test_broker_outage_keeps_rows_ready_then_delivers_everything(
+    store: EventStore, broker: Broker
+) -> None:
+    with Collector(broker.port, "ranger-b") as ranger:
+        run = RunningLink(store.cfg, store.db_path)
+        store.notify = run.link.wake
+        try:
+            store.record(*burst_and_verdict("alert"))
+            wait_for(lambda: ranger.ids() == ["T-1-1"], what="first alert")
+            broker.kill()  # the base station loses power
+            wait_for(lambda: run.link.state is LinkState.DISCONNECTED, what="link down")
+            for _ in range(3):
+                store.record(*burst_and_verdict("alert"))
+            alerts = [r for r in store.outbox.ls(100) if r.kind == "alert"]
+            assert [r.state for r in alerts] == ["ready"] * 3 + ["sent"]
+            assert all(r.attempts == 0 for r in alerts if r.state == State.READY)
+            broker.start()
+            wait_for(lambda: all_sent(store), timeout_s=15, what="all rows sent")
+            wait_for(lambda: len(ranger.alerts) == 4, timeout_s=10, what="four alerts")
+            assert sorted(ranger.ids()) == ["T-1-1", "T-1-2", "T-1-3", "T-1-4"]
+            assert run.link.stats().connects == 2
+        finally:
+            run.stop()
+
+
+def test_rows_wait_while_the_broker_is_unreachable_from_the_start(
+    store: EventStore, broker: Broker
+) -> None:
+    with Collector(broker.port, "ranger-c") as ranger:  # the receiver's session exists
+        broker.stop()
+        run = RunningLink(store.cfg, store.db_path)
+        store.notify = run.link.wake
+        try:
+            store.record(*burst_and_verdict("alert"))
+            store.record(*burst_and_verdict("alert"))
+            wait_for(lambda: run.link.state is not LinkState.STOPPED, what="link started")
+            assert run.link.state is LinkState.CONNECTING
+            assert states(store)["ready"] == 6
+            assert states(store)["inflight"] == 0
+            broker.start()
+            wait_for(lambda: all_sent(store), timeout_s=15, what="rows sent after start")
+            wait_for(lambda: len(ranger.alerts) == 2, timeout_s=10, what="two alerts")
+        finally:
+            run.stop()
+
+
+def test_a_receiver_that_was_away_gets_what_it_missed(store: EventStore, broker: Broker) -> None:
+    with Collector(broker.port, "ranger-d"):
+        pass  # first contact: the broker now keeps this receiver's session
+    run = RunningLink(store.cfg, store.db_path)
+    store.notify = run.link.wake
+    try:
+        store.record(*burst_and_verdict("alert"))
+        store.record(*burst_and_verdict("alert"))
+        wait_for(lambda: all_sent(store), what="sent while the receiver was away")
+    finally:
+        run.stop()
+    with Collector(broker.port, "ranger-d") as ranger:
+        wait_for(lambda: len(ranger.alerts) == 2, what="missed alerts")
+        assert ranger.ids() == ["T-1-1", "T-1-2"]
+
+
+def test_status_is_online_then_the_will_says_lost_when_the_process_dies(
+    tmp_path: Path, broker: Broker
+) -> None:
+    data = cfg_data(tmp_path / "data", broker.port)
+    script = (
+        "import json, sys, threading\n"
+        "from edge_app import config\n"
+        "from edge_app.uplink.mqtt import MqttLink\n"
+        "MqttLink(config.parse(json.loads(sys.argv[1])), sys.argv[2]).run(threading.Event())\n"
+    )
+    with Collector(broker.port, "ranger-e") as ranger:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, json.dumps(data), str(tmp_path / "camtrap.db")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(lambda: "online" in ranger.statuses, what="online status")
+        finally:
+            proc.kill()  # no clean stop: what a power cut does to the trap
+            proc.wait(5)
+        wait_for(lambda: ranger.statuses[-1:] == ["lost"], what="the will")
+    with Collector(broker.port, "ranger-e2") as late:  # retained for anyone who comes later
+        wait_for(lambda: late.statuses == ["lost"], what="retained lost")
+
+
+def test_a_clean_stop_says_offline_and_the_will_is_not_sent(
+    store: EventStore, broker: Broker
+) -> None:
+    with Collector(broker.port, "ranger-f") as ranger:
+        run = RunningLink(store.cfg, store.db_path)
+        wait_for(lambda: ranger.statuses[-1:] == ["online"], what="online")
+        assert json.loads(retained(broker.port))["version"]
+        run.stop()
+        wait_for(lambda: ranger.statuses[-1:] == ["offline"], what="offline")
+        assert ranger.receiver.wait_quiet(0.3, 5)
+        assert ranger.statuses == ["online", "offline"]
+    assert json.loads(retained(broker.port))["state"] == "offline"
+
+
+def retained(port: int) -> bytes:
+    raw = RawClient(port, subscribe="camtrap/T-1/status")
+    try:
+        wait_for(lambda: bool(raw.messages), what="retained status")
+        return bytes(raw.messages[0].payload)
+    finally:
+        raw.close()
+
+
+def test_a_refused_publish_is_retried_later_never_marked_sent(tmp_path: Path) -> None:
+    exe = find_mosquitto()
+    assert exe is not None
+    work = tmp_path / "acl-broker"
+    work.mkdir()
+    acl = work / "acl"
+    acl.write_text("topic readwrite camtrap/+/event\ntopic readwrite camtrap/+/status\n"
+                   "topic read camtrap/+/media/#\n")
+    b = PrivateBroker(exe, work)
+    with b.conf.open("a") as f:
+        f.write(f"acl_file {acl}\n")
+    b.start()
+    try:
+        cfg = make_cfg(tmp_path / "data", b.port, outbox={"backoff_min_s": 30.0,
+                                                          "backoff_max_s": 60.0})
+        with EventStore(cfg) as store:
+            store.record(*burst_and_verdict("alert"))
+            run = RunningLink(cfg, store.db_path)
+            store.notify = run.link.wake
+            try:
+                wait_for(lambda: run.link.stats().failed >= 2, what="media refused")
+                rows = {r.kind: r for r in store.outbox.ls(10)}
+                assert rows["alert"].state == State.SENT
+                for kind in ("thumb", "image"):
+                    row = rows[kind]
+                    assert row.state == State.READY  # not sent: the broker said no
+                    assert row.attempts == 1
+                    assert row.last_error == "broker refused: Not authorized"
+                    assert row.next_attempt_at > row.created  # backing off
+            finally:
+                run.stop()
+    finally:
+        b.stop()
+
+
+def test_a_media_row_whose_file_is_gone_is_dead_not_stuck(
+    store: EventStore, broker: Broker
+) -> None:
+    store.record(*burst_and_verdict("alert"))
+    row = store.catalog.get("T-1-1")
+    assert row is not None
+    assert row.image_path is not None
+    (store.root / row.image_path).unlink()
+    run = RunningLink(store.cfg, store.db_path)
+    try:
+        wait_for(lambda: states(store)["ready"] == 0 and states(store)["inflight"] == 0,
+                 what="queue drained")
+        rows = {r.kind: r for r in store.outbox.ls(10)}
+        assert rows["image"].state == State.DEAD
+        assert rows["image"].last_error is not None
+        assert rows["image"].last_error.startswith("media unreadable")
+        assert rows["alert"].state == State.SENT
+        assert rows["thumb"].state == State.SENT
+    finally:
+        run.stop()

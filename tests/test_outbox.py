@@ -1,0 +1,284 @@
+"""The durable outbox on real SQLite: order of service, backoff, crash recovery, housekeeping."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from store_support import make_cfg
+
+from edge_app.clock import FakeClock
+from edge_app.config import OutboxConfig
+from edge_app.store.catalog import Catalog, EventRecord
+from edge_app.store.db import open_db, transaction
+from edge_app.store.outbox import Kind, Outbox, State
+
+
+class MaxRandom(random.Random):
+    """A random source whose ``uniform`` returns its upper bound (the backoff cap)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    c = open_db(tmp_path / "camtrap.db")
+    yield c
+    c.close()
+
+
+def make_box(conn: sqlite3.Connection, clock: FakeClock, rng: random.Random | None = None,
+             **cfg: float) -> Outbox:
+    base = {"backoff_min_s": 2.0, "backoff_max_s": 300.0}
+    base.update(cfg)
+    return Outbox(conn, clock, OutboxConfig(**base), rng or random.Random(1))  # type: ignore[arg-type]
+
+
+def test_due_serves_alerts_then_status_event_thumb_image_then_oldest(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock)
+    ids = {}
+    for name, kind in [("img", Kind.IMAGE), ("thumb", Kind.THUMB), ("ev", Kind.EVENT),
+                       ("a1", Kind.ALERT), ("st", Kind.STATUS), ("a2", Kind.ALERT)]:
+        if kind in (Kind.IMAGE, Kind.THUMB):
+            ids[name] = box.enqueue(kind, "t/m", media_path=f"{name}.jpg")
+        else:
+            ids[name] = box.enqueue(kind, "t/e", payload=name.encode())
+    order = [r.id for r in box.due(limit=10)]
+    assert order == [ids[n] for n in ("a1", "a2", "st", "ev", "thumb", "img")]
+    assert [r.id for r in box.due(limit=2)] == [ids["a1"], ids["a2"]]
+
+
+def test_enqueue_requires_exactly_one_body(conn: sqlite3.Connection, clock: FakeClock) -> None:
+    box = make_box(conn, clock)
+    with pytest.raises(ValueError, match="exactly one"):
+        box.enqueue(Kind.ALERT, "t")
+    with pytest.raises(ValueError, match="exactly one"):
+        box.enqueue(Kind.ALERT, "t", payload=b"x", media_path="a.jpg")
+    with pytest.raises(ValueError, match="bogus"):
+        box.enqueue("bogus", "t", payload=b"x")
+
+
+def test_enqueue_joins_the_callers_transaction(conn: sqlite3.Connection, clock: FakeClock) -> None:
+    box = make_box(conn, clock)
+
+    class Boom(Exception):
+        pass
+
+    def fail_after_enqueue() -> None:
+        with transaction(conn):
+            box.enqueue(Kind.ALERT, "t", payload=b"1")
+            raise Boom
+
+    with pytest.raises(Boom):
+        fail_after_enqueue()
+    assert box.depth()["alert"] == 0
+    with transaction(conn):
+        box.enqueue(Kind.ALERT, "t", payload=b"2")
+    assert box.depth()["alert"] == 1
+
+
+def test_failed_send_backs_off_exponentially_up_to_the_cap(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock, MaxRandom(), backoff_min_s=2.0, backoff_max_s=20.0)
+    rid = box.enqueue(Kind.ALERT, "t", payload=b"x")
+    delays = []
+    for _ in range(6):
+        now = clock.wall()
+        assert [r.id for r in box.due(now)] == [rid]
+        box.mark_inflight(rid, now)
+        assert box.due(now) == []
+        when = box.mark_failed(rid, now, "PUBACK Quota exceeded")
+        assert when is not None
+        delays.append(round(when - now, 6))
+        assert box.due(now) == []  # not before its time
+        clock.advance(when - now)
+    assert delays == [2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
+    row = box.get(rid)
+    assert row is not None
+    assert row.attempts == 6
+    assert row.state == State.READY
+    assert row.last_error == "PUBACK Quota exceeded"
+
+
+def test_backoff_is_full_jitter_from_the_injected_random_source(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    a = make_box(conn, clock, random.Random(42))
+    b = make_box(conn, clock, random.Random(42))
+    got = [a.backoff_s(n) for n in range(1, 12)]
+    assert got == [b.backoff_s(n) for n in range(1, 12)]  # deterministic given the seed
+    for n, d in enumerate(got, start=1):
+        assert 0.0 <= d <= min(300.0, 2.0 * 2 ** (n - 1))
+    assert len(set(got)) == len(got)  # jittered, not a fixed schedule
+    assert 0.0 <= a.backoff_s(10_000) <= 300.0  # no overflow after months of failures
+
+
+def test_crash_with_rows_in_flight_then_recover(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "camtrap.db"
+    conn = open_db(path)
+    box = make_box(conn, clock)
+    sent = box.enqueue(Kind.ALERT, "t", payload=b"sent")
+    lost = box.enqueue(Kind.ALERT, "t", payload=b"on the air")
+    waiting = box.enqueue(Kind.THUMB, "t", media_path="x.jpg")
+    for rid in (sent, lost):
+        box.mark_inflight(rid)
+    box.mark_sent(sent)
+    conn.close()  # "crash": the PUBACK for `lost` never came
+
+    conn = open_db(path)
+    try:
+        box = make_box(conn, clock)
+        assert box.stats()["alert"]["inflight"] == 1
+        assert box.recover() == 1
+        due = box.due()
+        assert [r.id for r in due] == [lost, waiting]
+        assert due[0].payload == b"on the air"
+        assert due[0].attempts == 1  # the lost attempt still counts
+        assert box.get(sent).state == State.SENT  # type: ignore[union-attr]
+    finally:
+        conn.close()
+
+
+def test_stale_inflight_rows_are_requeued_and_reconnect_restarts_their_clock(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock)
+    r1 = box.enqueue(Kind.ALERT, "t", payload=b"1")
+    box.mark_inflight(r1)
+    assert box.oldest_inflight_since() == clock.wall()
+    clock.advance(30)
+    assert box.requeue_stale_inflight(None, 60) == []
+    assert box.restart_inflight() == 1  # reconnected: paho resends it now
+    clock.advance(59)
+    assert box.requeue_stale_inflight(None, 60) == []
+    clock.advance(1)
+    assert box.requeue_stale_inflight(None, 60) == [r1]
+    row = box.get(r1)
+    assert row is not None
+    assert row.state == State.READY
+    assert [r.id for r in box.due()] == [r1]
+
+
+def test_mark_sent_batches_and_ignores_finished_rows(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock)
+    ids = [box.enqueue(Kind.ALERT, "t", payload=b"%d" % i) for i in range(3)]
+    for rid in ids:
+        box.mark_inflight(rid)
+    assert box.mark_sent(ids) == 3
+    assert box.mark_sent(ids) == 0
+    assert box.mark_failed(ids[0], None, "late") is None  # a sent row stays sent
+    assert box.stats()["alert"] == {"ready": 0, "inflight": 0, "sent": 3, "dead": 0}
+
+
+def test_expired_alerts_become_dead_and_are_not_served(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock)
+    old = box.enqueue(Kind.ALERT, "t", payload=b"old", expires_at=clock.wall() + 10)
+    keep = box.enqueue(Kind.ALERT, "t", payload=b"no expiry")
+    clock.advance(11)
+    assert [r.id for r in box.due()] == [keep]  # never served once expired
+    assert box.expire() == 1
+    row = box.get(old)
+    assert row is not None
+    assert row.state == State.DEAD
+    assert row.last_error == "expired"
+
+
+def test_a_clock_stepping_back_does_not_park_rows(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock, MaxRandom(), backoff_max_s=60.0)
+    rid = box.enqueue(Kind.ALERT, "t", payload=b"x")
+    box.mark_inflight(rid)
+    # The failure was recorded with a clock one day ahead (before NTP corrected it).
+    box.mark_failed(rid, clock.wall() + 86400, "refused")
+    assert [r.id for r in box.due()] == [rid]
+    nxt = box.next_ready_at()
+    assert nxt is not None
+    assert nxt <= clock.wall() + 61.0
+
+
+def add_event(conn: sqlite3.Connection, event_id: str) -> None:
+    """A catalogue row for outbox rows to refer to (the outbox has a foreign key on it)."""
+    unit, _, seq = event_id.rpartition("-")
+    Catalog(conn).insert(EventRecord(
+        id=event_id, unit=unit, seq=int(seq), ts=0.0, outcome="alert", label="animal",
+        species=None, score=0.5, audit=False, reason="", event_json="{}", image_path=None,
+        thumb_path=None, created=0.0))
+
+
+def test_outbox_rows_must_belong_to_a_catalogued_event(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock)
+    with pytest.raises(sqlite3.IntegrityError):
+        box.enqueue(Kind.ALERT, "t", payload=b"x", event_id="T-1-99")
+
+
+def test_depth_stats_ls_and_purge(conn: sqlite3.Connection, clock: FakeClock) -> None:
+    box = make_box(conn, clock)
+    add_event(conn, "T-1-1")
+    a = box.enqueue(Kind.ALERT, "t", payload=b"a", event_id="T-1-1")
+    t = box.enqueue(Kind.THUMB, "t/m", media_path="m.jpg", event_id="T-1-1")
+    s = box.enqueue(Kind.STATUS, "t/s", payload=b"{}")
+    box.mark_inflight(a)
+    box.mark_sent(a)
+    box.mark_inflight(t)
+    box.mark_dead(s, None, "gone")
+    assert box.depth() == {"alert": 0, "status": 0, "event": 0, "thumb": 1, "image": 0}
+    stats = box.stats()
+    assert stats["alert"]["sent"] == 1
+    assert stats["thumb"]["inflight"] == 1
+    assert stats["status"]["dead"] == 1
+    assert [r.id for r in box.ls()] == [t, s, a]  # in flight, ready, dead, sent
+    assert [r.id for r in box.ls(states=["sent"])] == [a]
+    assert box.ls()[0].to_json()["media_path"] == "m.jpg"
+    clock.advance(100)
+    assert box.purge(older_than_s=200) == 0  # sent too recently
+    assert box.purge(older_than_s=50) == 1
+    assert box.purge(states=["dead"]) == 1
+    assert box.get(a) is None
+    assert box.get(t) is not None
+
+
+def test_store_cli_reports_the_outbox(tmp_path: Path, clock: FakeClock) -> None:
+    import io
+
+    from edge_app.store.cli import outbox_command
+
+    cfg = make_cfg(tmp_path)
+    out = io.StringIO()
+    assert outbox_command(cfg, "ls", out) == 1  # no database yet
+    conn = open_db(tmp_path / "camtrap.db")
+    box = make_box(conn, clock)
+    add_event(conn, "T-1-1")
+    add_event(conn, "T-1-2")
+    rid = box.enqueue(Kind.ALERT, "camtrap/T-1/event", payload=b"{}", event_id="T-1-1")
+    box.enqueue(Kind.ALERT, "camtrap/T-1/event", payload=b"{}", event_id="T-1-2")
+    box.mark_inflight(rid)
+    box.mark_sent(rid)
+    conn.close()
+    assert outbox_command(cfg, "ls", out) == 0
+    assert "T-1-2" in out.getvalue()
+    assert "ready" in out.getvalue()
+    out = io.StringIO()
+    assert outbox_command(cfg, "stats", out, as_json=True) == 0
+    assert '"sent": 1' in out.getvalue()
+    out = io.StringIO()
+    assert outbox_command(cfg, "purge", out) == 0
+    assert out.getvalue() == "purged 1 sent message(s)\n"

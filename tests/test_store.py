@@ -1,0 +1,242 @@
+"""Database settings, atomic media writes, thumbnails and the one-transaction event store."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from store_support import burst_and_verdict, jpeg, make_cfg
+
+from edge_app.clock import FakeClock, rfc3339
+from edge_app.errors import ImageError, StorageError
+from edge_app.store.db import SCHEMA_VERSION, open_db
+from edge_app.store.media import (
+    TEMP_PREFIX,
+    atomic_write,
+    clean_temp,
+    make_thumbnail,
+    media_paths,
+)
+from edge_app.store.outbox import Outbox
+from edge_app.store.pipeline import EventStore
+
+# -- database ---------------------------------------------------------------------------
+
+
+def test_open_db_sets_durable_pragmas_and_schema_version(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "sub" / "camtrap.db")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert int(version[0]) == SCHEMA_VERSION
+    finally:
+        conn.close()
+    open_db(tmp_path / "sub" / "camtrap.db").close()  # reopening an existing file is fine
+
+
+def test_a_database_from_a_newer_camtrap_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "camtrap.db"
+    conn = open_db(path)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                 (str(SCHEMA_VERSION + 1),))
+    conn.close()
+    with pytest.raises(StorageError, match="schema version"):
+        open_db(path)
+
+
+# -- media ------------------------------------------------------------------------------
+
+
+def test_atomic_write_leaves_only_the_final_file(tmp_path: Path) -> None:
+    target = tmp_path / "media" / "2026" / "09" / "21" / "T-1-1.jpg"
+    atomic_write(target, b"first")
+    atomic_write(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert os.listdir(target.parent) == ["T-1-1.jpg"]
+
+
+def test_atomic_write_failure_removes_its_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "taken"
+    target.mkdir()  # os.replace of a file onto a directory fails
+    with pytest.raises(IsADirectoryError):
+        atomic_write(target, b"data")
+    assert os.listdir(tmp_path) == ["taken"]
+
+
+def test_clean_temp_removes_only_unfinished_files(tmp_path: Path) -> None:
+    day = tmp_path / "media" / "2026" / "09" / "21"
+    day.mkdir(parents=True)
+    (day / "T-1-1.jpg").write_bytes(b"done")
+    (day / f"{TEMP_PREFIX}abc-T-1-2.jpg").write_bytes(b"half")
+    assert clean_temp(tmp_path) == 1
+    assert os.listdir(day) == ["T-1-1.jpg"]
+    assert clean_temp(tmp_path / "nothing-here") == 0
+
+
+def test_media_layout_uses_the_utc_date(tmp_path: Path) -> None:
+    img, thumb = media_paths(tmp_path, "T-1-7", 1_790_000_000.0)  # 2026-09-21 UTC
+    assert img == tmp_path / "media" / "2026" / "09" / "21" / "T-1-7.jpg"
+    assert thumb.name == "T-1-7_thumb.jpg"
+    assert thumb.parent == img.parent
+
+
+def test_thumbnail_is_small_upright_and_a_jpeg() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    src = jpeg(640, 320, exif=exif.tobytes())
+    small = make_thumbnail(src, 100, 70)
+    with Image.open(io.BytesIO(small)) as im:
+        assert im.format == "JPEG"
+        assert im.size == (50, 100)  # landscape sensor data shown as portrait
+        assert im.getexif().get(0x0112) is None
+    with pytest.raises(ImageError):
+        make_thumbnail(b"not a jpeg", 100, 70)
+
+
+# -- the event store ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EventStore]:
+    s = EventStore(make_cfg(tmp_path / "data"), FakeClock())
+    s.open()
+    yield s
+    s.close()
+
+
+def outbox_rows(store: EventStore) -> list[tuple[str, str | None, str]]:
+    return [(r.kind, r.event_id, r.topic) for r in store.outbox.ls(100)]
+
+
+def test_alert_writes_media_then_catalogue_and_outbox_together(store: EventStore) -> None:
+    notified: list[int] = []
+    store.notify = lambda: notified.append(1)
+    burst, verdict = burst_and_verdict("alert", "animal", "leopard", 0.91)
+    rec = store.record(burst, verdict, battery_v=3.9, temp_c=21.5, time_synced=True)
+    assert rec is not None
+    event_id, event = rec
+    assert event_id == "T-1-1"
+    assert notified == [1]
+
+    assert event["id"] == "T-1-1"
+    assert event["unit"] == "T-1"
+    assert event["seq"] == 1
+    assert event["ts"] == rfc3339(burst.trigger.wall)
+    assert event["outcome"] == "alert"
+    assert event["label"] == "animal"
+    assert event["species"] == "leopard"
+    assert event["score"] == 0.91
+    assert event["detections"][0]["species"] == "leopard"
+    assert event["frames"] == 3
+    assert event["battery_v"] == 3.9
+    assert event["temp_c"] == 21.5
+    assert event["time_synced"] is True
+    kinds = {m["kind"]: m for m in event["media"]}
+    assert set(kinds) == {"image", "thumb"}
+
+    row = store.catalog.get("T-1-1")
+    assert row is not None
+    assert row.outcome == "alert"
+    assert not row.audit
+    assert json.loads(row.event_json) == event
+    assert row.image_path is not None
+    assert row.thumb_path is not None
+    image = store.root / row.image_path
+    assert image.read_bytes() == burst.frames[1].jpeg  # the best frame, as captured
+    assert kinds["image"]["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert kinds["thumb"]["bytes"] == (store.root / row.thumb_path).stat().st_size
+    assert not any(p.name.startswith(TEMP_PREFIX) for p in store.root.rglob("*"))
+
+    assert outbox_rows(store) == [
+        ("alert", "T-1-1", "camtrap/T-1/event"),
+        ("thumb", "T-1-1", "camtrap/T-1/media/T-1-1-thumb"),
+        ("image", "T-1-1", "camtrap/T-1/media/T-1-1-image"),
+    ]
+    alert = store.outbox.ls(1)[0]
+    assert alert.payload is not None
+    assert json.loads(alert.payload) == event
+
+
+def test_seq_increments_and_survives_a_restart(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    with EventStore(cfg, FakeClock()) as s:
+        ids = [s.record(*burst_and_verdict("alert")) for _ in range(2)]
+        assert [r.event_id for r in ids if r] == ["T-1-1", "T-1-2"]
+    with EventStore(cfg, FakeClock()) as s:
+        rec = s.record(*burst_and_verdict("keep", "animal", None, 0.3))
+        assert rec is not None
+        assert rec.event_id == "T-1-3"
+        assert s.catalog.current_seq("T-1") == 3
+
+
+def test_keep_queues_its_event_and_thumbnail_but_not_the_image(store: EventStore) -> None:
+    rec = store.record(*burst_and_verdict("keep", "animal", None, 0.3))
+    assert rec is not None
+    assert rec.event["outcome"] == "keep"
+    assert [k for k, _, _ in outbox_rows(store)] == ["event", "thumb"]
+
+
+def test_discards_are_counted_and_one_in_n_kept_as_an_unsent_audit(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, policy={"audit_every": 3})
+    with EventStore(cfg, FakeClock()) as s:
+        results = [s.record(*burst_and_verdict("discard", "empty", None, 0.0))
+                   for _ in range(4)]
+        assert [r is not None for r in results] == [False, False, True, False]
+        audit = results[2]
+        assert audit is not None
+        assert audit.event["audit"] is True
+        row = s.catalog.get(audit.event_id)
+        assert row is not None
+        assert row.audit
+        assert row.outcome == "discard"
+        assert row.image_path is not None  # kept locally to measure the miss rate
+        assert s.outbox.ls() == []  # never sent
+        s.record(*burst_and_verdict("alert"))
+        assert s.catalog.counts() == {"alert": 1, "keep": 0, "discard": 4, "audit": 1}
+        assert s.counts()["discard"] == 4  # the any-thread view agrees
+
+
+def test_a_failed_transaction_stores_nothing_and_gives_the_seq_back(store: EventStore) -> None:
+    conn = sqlite3.connect(store.db_path)
+    conn.execute("CREATE TRIGGER fail BEFORE INSERT ON outbox "
+                 "BEGIN SELECT RAISE(ABORT, 'card died'); END")
+    conn.commit()
+    with pytest.raises(StorageError, match="card died"):
+        store.record(*burst_and_verdict("alert"))
+    assert store.catalog.get("T-1-1") is None
+    assert store.catalog.current_seq("T-1") == 0
+    assert store.outbox.ls() == []
+    conn.execute("DROP TRIGGER fail")
+    conn.commit()
+    conn.close()
+    rec = store.record(*burst_and_verdict("alert"))
+    assert rec is not None
+    assert rec.event_id == "T-1-1"
+    assert len(list(store.root.rglob("T-1-1.jpg"))) == 1
+
+
+def test_an_unwritable_media_folder_does_not_cost_the_alert(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "media").write_bytes(b"a file where the media folder should be")
+    with EventStore(make_cfg(root), FakeClock()) as s:
+        rec = s.record(*burst_and_verdict("alert"))
+        assert rec is not None
+        assert rec.event["media"] == []
+        assert [k for k, _, _ in outbox_rows(s)] == ["alert"]
+
+
+def test_outbox_depth_works_from_another_connection(store: EventStore) -> None:
+    store.record(*burst_and_verdict("alert"))
+    assert store.outbox_depth() == 3
+    assert isinstance(store.outbox, Outbox)

@@ -143,9 +143,9 @@ class Receiver:
         """Disconnect cleanly (the broker keeps the session) and stop paho's thread."""
         if not self._started:
             return
+        self._started = False
         self._client.disconnect()
         self._client.loop_stop()
-        self._started = False
 
     def __enter__(self) -> Receiver:
         self.start()

@@ -228,7 +228,10 @@ class MqttLink:
             client_id=self.cfg.mqtt_client_id,
             protocol=mqtt.MQTTv5,
         )
-        client.enable_logger(logging.getLogger("paho"))
+        if logger.isEnabledFor(logging.DEBUG):
+            # Only when debugging: paho logs a normal DISCONNECT at ERROR level ("Client is
+            # not connected"), which would put a false alarm in the journal at every stop.
+            client.enable_logger(logging.getLogger("paho"))
         client.max_inflight_messages_set(max(20, self.cfg.outbox.max_inflight))
         client.reconnect_delay_set(
             max(1, math.ceil(m.reconnect_min_s)), max(1, math.ceil(m.reconnect_max_s))
@@ -393,9 +396,11 @@ class MqttLink:
                 logger.info("MQTT: connected (session present: %s), %d message(s) in flight",
                             ev.session_present, len(self._row_mids))
             elif isinstance(ev, _Disconnected):
-                if self._state is not LinkState.STOPPED:
-                    self._set_state(LinkState.DISCONNECTED)
                 self._count(disconnects=1)
+                if self._state is LinkState.STOPPED:
+                    logger.info("MQTT: disconnected (%s)", ev.reason)
+                    continue
+                self._set_state(LinkState.DISCONNECTED)
                 logger.warning("MQTT: disconnected (%s); %d message(s) in flight will be "
                                "resent", ev.reason, len(self._row_mids))
             else:  # _ConnectFailed: paho keeps retrying with its backoff

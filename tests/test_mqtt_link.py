@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from store_support import burst_and_verdict, cfg_data, make_cfg, wait_for
 
 from edge_app.config import Config
+from edge_app.errors import ConfigError
 from edge_app.ranger import Receiver
 from edge_app.sim.broker import PrivateBroker, find_mosquitto
 from edge_app.store.outbox import State
@@ -339,3 +341,79 @@ def test_a_media_row_whose_file_is_gone_is_dead_not_stuck(
         assert rows["thumb"].state == State.SENT
     finally:
         run.stop()
+
+
+def _make_certs(d: Path) -> None:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=camtrap-test-ca")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_alerts_go_over_tls_when_configured(tmp_path: Path) -> None:
+    exe = find_mosquitto()
+    assert exe is not None
+    work = tmp_path / "tls-broker"
+    work.mkdir()
+    _make_certs(work)
+    b = PrivateBroker(exe, work)
+    with b.conf.open("a") as f:
+        f.write(f"cafile {work / 'ca.crt'}\ncertfile {work / 'server.crt'}\n"
+                f"keyfile {work / 'server.key'}\n")
+    b.start()
+    try:
+        cfg = make_cfg(tmp_path / "data", b.port,
+                       mqtt={"tls": True, "ca_file": str(work / "ca.crt")})
+        got: list[dict[str, Any]] = []
+        ranger = Receiver("127.0.0.1", b.port, client_id="ranger-tls", on_alert=got.append,
+                          ca_file=str(work / "ca.crt"))
+        ranger.start()
+        try:
+            assert ranger.wait_connected(10)
+            with EventStore(cfg) as store:
+                run = RunningLink(cfg, store.db_path)
+                store.notify = run.link.wake
+                try:
+                    store.record(*burst_and_verdict("alert"))
+                    wait_for(lambda: all_sent(store), what="sent over TLS")
+                    wait_for(lambda: len(got) == 1, what="received over TLS")
+                finally:
+                    run.stop()
+        finally:
+            ranger.stop()
+    finally:
+        b.stop()
+
+
+def test_missing_tls_files_are_a_config_error(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path / "data", 1, mqtt={"tls": True,
+                                               "ca_file": str(tmp_path / "nope.crt")})
+    with pytest.raises(ConfigError, match="file not found") as e:
+        MqttLink(cfg, tmp_path / "camtrap.db")
+    assert e.value.key == "mqtt.ca_file"
+
+
+def test_rows_in_flight_when_the_trap_died_are_sent_after_restart(
+    store: EventStore, broker: Broker
+) -> None:
+    store.record(*burst_and_verdict("alert"))
+    alert = store.outbox.due()[0]
+    store.outbox.mark_inflight(alert.id)  # on the air when the power went: no PUBACK seen
+    with Collector(broker.port, "ranger-g") as ranger:
+        run = RunningLink(store.cfg, store.db_path)
+        try:
+            wait_for(lambda: all_sent(store), what="recovered rows sent")
+            wait_for(lambda: ranger.ids() == ["T-1-1"], what="recovered alert")
+            row = store.outbox.get(alert.id)
+            assert row is not None
+            assert row.attempts == 2  # the lost attempt and the one after restart
+        finally:
+            run.stop()

@@ -103,6 +103,13 @@ def test_thumbnail_is_small_upright_and_a_jpeg() -> None:
         make_thumbnail(b"not a jpeg", 100, 70)
 
 
+def test_thumbnail_of_a_truncated_jpeg_uses_the_part_that_is_there() -> None:
+    src = jpeg(640, 480)
+    small = make_thumbnail(src[: len(src) * 2 // 3], 64, 70)
+    with Image.open(io.BytesIO(small)) as im:
+        assert im.size == (64, 48)
+
+
 # -- the event store ----------------------------------------------------------------------
 
 

@@ -151,26 +151,36 @@ def _configure(conn: sqlite3.Connection, p: Path) -> None:
 
 
 def _ensure_schema(conn: sqlite3.Connection, p: Path) -> None:
-    try:
-        with transaction(conn):
-            for stmt in _statements(_SCHEMA):
-                conn.execute(stmt)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
+    version = _read_version(conn)
+    if version is None:
+        # New (or half-created) database: create everything in one write transaction. The
+        # common case, an existing database, takes no write lock at all, so opening a
+        # short-lived connection (``camtrap outbox ls`` on a running trap) never blocks the
+        # store or the uplink.
+        try:
+            with transaction(conn):
+                for stmt in _statements(_SCHEMA):
+                    conn.execute(stmt)
                 conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-                version = SCHEMA_VERSION
-            else:
-                version = int(row[0])
-    except sqlite3.Error as e:
-        raise StorageError(f"cannot create the schema of {p}: {e}") from e
-    if version > SCHEMA_VERSION:
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot create the schema of {p}: {e}") from e
+        version = _read_version(conn)
+    if version is None or version > SCHEMA_VERSION:
         raise StorageError(
             f"database {p} has schema version {version}, this camtrap knows up to "
             f"{SCHEMA_VERSION}: upgrade camtrap instead of downgrading the database"
         )
+
+
+def _read_version(conn: sqlite3.Connection) -> int | None:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:
+        return None  # no meta table yet
+    return None if row is None else int(row[0])
 
 
 def _statements(script: str) -> list[str]:

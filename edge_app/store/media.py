@@ -140,6 +140,10 @@ def make_thumbnail(jpeg: bytes, px: int, quality: int) -> bytes:
     which on a Pi Zero is several times faster than decoding the full frame and resizing.
     The EXIF orientation is applied so that thumbnails of a rotated camera look right.
 
+    A truncated JPEG (a frame cut short) is decoded as far as its data goes, by retrying with
+    an End-Of-Image marker appended, rather than by flipping Pillow's process-wide
+    ``LOAD_TRUNCATED_IMAGES`` flag, which would change decoding for every other thread.
+
     Args:
         jpeg: the source JPEG.
         px: longest side of the result, pixels.
@@ -149,18 +153,33 @@ def make_thumbnail(jpeg: bytes, px: int, quality: int) -> bytes:
         ImageError: the bytes cannot be decoded as an image.
     """
     try:
-        with Image.open(io.BytesIO(jpeg)) as im:
-            # draft() keeps the decoded size >= the request; asking for a square box keeps
-            # that true whichever way the EXIF orientation turns the image afterwards.
-            im.draft("RGB", (px, px))
-            upright = ImageOps.exif_transpose(im)
-            upright.thumbnail((px, px), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            if upright.mode not in ("RGB", "L"):
-                upright = upright.convert("RGB")
-            out = io.BytesIO()
-            upright.save(out, "JPEG", quality=quality, optimize=True)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"cannot make a thumbnail: {e}") from e
+        return _thumbnail(jpeg, px, quality)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as first:
+        if not jpeg.startswith(_SOI):
+            raise ImageError(f"cannot make a thumbnail: {first}") from first
+        try:
+            small = _thumbnail(jpeg + _EOI, px, quality)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ImageError(f"cannot make a thumbnail: {e}") from e
+        logger.info("thumbnail made from a truncated JPEG (%s)", first)
+        return small
+
+
+_SOI = b"\xff\xd8"
+_EOI = b"\xff\xd9"
+
+
+def _thumbnail(jpeg: bytes, px: int, quality: int) -> bytes:
+    with Image.open(io.BytesIO(jpeg)) as im:
+        # draft() keeps the decoded size >= the request; asking for a square box keeps that
+        # true whichever way the EXIF orientation turns the image afterwards.
+        im.draft("RGB", (px, px))
+        upright = ImageOps.exif_transpose(im)
+        upright.thumbnail((px, px), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        if upright.mode not in ("RGB", "L"):
+            upright = upright.convert("RGB")
+        out = io.BytesIO()
+        upright.save(out, "JPEG", quality=quality, optimize=True)
     return out.getvalue()
 
 

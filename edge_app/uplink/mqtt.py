@@ -160,6 +160,9 @@ class MqttLink:
         clock: wall time for the outbox and status timestamps.
         rng: random source of the retry jitter.
         chunk_bytes: media chunk size.
+
+    Raises:
+        ConfigError: TLS is on and a CA/cert/key file named in the config does not exist.
     """
 
     def __init__(
@@ -189,6 +192,9 @@ class MqttLink:
         self._row_kind: dict[int, str] = {}
         self._status_mid: int | None = None
         self._status_acked = False
+        self._connect_warned = False
+        if cfg.mqtt.enabled and cfg.mqtt.tls:
+            self._check_tls_files()  # fail at start-up (exit 2), not in a restart loop
 
     # -- API for other threads ----------------------------------------------------------
 
@@ -236,6 +242,8 @@ class MqttLink:
         client.reconnect_delay_set(
             max(1, math.ceil(m.reconnect_min_s)), max(1, math.ceil(m.reconnect_max_s))
         )
+        # The will's ts is when this client was set up (paho sends the will with CONNECT);
+        # the moment of loss is when the broker publishes it.
         client.will_set(self._status_topic, _status_payload("lost", self.clock), qos=1,
                         retain=True)
         if m.tls:
@@ -246,12 +254,16 @@ class MqttLink:
         client.on_publish = self._on_publish
         return client
 
-    def _set_tls(self, client: mqtt.Client) -> None:
+    def _check_tls_files(self) -> None:
         m = self.cfg.mqtt
         for key, value in (("mqtt.ca_file", m.ca_file), ("mqtt.cert_file", m.cert_file),
                            ("mqtt.key_file", m.key_file)):
             if value and not Path(value).is_file():
                 raise ConfigError(key, f"file not found: {value}")
+
+    def _set_tls(self, client: mqtt.Client) -> None:
+        m = self.cfg.mqtt
+        self._check_tls_files()
         try:
             client.tls_set(
                 ca_certs=m.ca_file or None,
@@ -389,6 +401,7 @@ class MqttLink:
             elif isinstance(ev, _Published):
                 self._on_ack(ev, acked, failed)
             elif isinstance(ev, _Connected):
+                self._connect_warned = False
                 self._set_state(LinkState.CONNECTED)
                 self._count(connects=1)
                 # paho resends what was in flight right now: restart their timeout clocks.
@@ -404,11 +417,11 @@ class MqttLink:
                 logger.warning("MQTT: disconnected (%s); %d message(s) in flight will be "
                                "resent", ev.reason, len(self._row_mids))
             else:  # _ConnectFailed: paho keeps retrying with its backoff
-                if self._state is LinkState.CONNECTING:
-                    logger.warning("MQTT: cannot connect to %s:%d (%s); retrying",
-                                   self.cfg.mqtt.host, self.cfg.mqtt.port, ev.reason)
-                else:
-                    logger.debug("MQTT: reconnect failed (%s)", ev.reason)
+                # One warning per outage, not one per retry for days on end.
+                level = logging.DEBUG if self._connect_warned else logging.WARNING
+                self._connect_warned = True
+                logger.log(level, "MQTT: cannot connect to %s:%d (%s); retrying",
+                           self.cfg.mqtt.host, self.cfg.mqtt.port, ev.reason)
         now = self.clock.wall()
         if acked:
             outbox.mark_sent(acked, now)

@@ -110,7 +110,9 @@ class App:
         self.supervisor.add("capture", self._capture_loop, self.triggers.wake)
         if self.world is not None and cfg.trigger.sim_every_s > 0:
             world, every = self.world, cfg.trigger.sim_every_s
-            self.supervisor.add("sim-world", lambda stop: world.run(stop, every))
+            # A passing animal holds the PIR high for a while, but never past the next visit.
+            pulse = min(1.0, every / 2)
+            self.supervisor.add("sim-world", lambda stop: world.run(stop, every, pulse_s=pulse))
         self._started = False
 
     # -- stages -------------------------------------------------------------------------

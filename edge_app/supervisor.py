@@ -9,6 +9,7 @@ failure is visible in the journal and the stats.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -86,10 +87,8 @@ class StageQueue(Generic[T]):
 
     def wake(self) -> None:
         """Unblock a consumer waiting in :meth:`get` so it can see its stop event."""
-        try:
+        with contextlib.suppress(queue.Full):  # full: the consumer is not blocked in get()
             self._q.put_nowait(WAKE)
-        except queue.Full:
-            pass  # a full queue means the consumer is not blocked in get()
 
     def qsize(self) -> int:
         return self._q.qsize()

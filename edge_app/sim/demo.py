@@ -48,7 +48,8 @@ def _demo_config(opts: DemoOptions, root: Path, port: int, mqtt: bool) -> config
     return config.parse({
         "unit": {"id": opts.unit, "location": {"name": "demo"}},
         "hardware": {"backend": "sim"},
-        "trigger": {"holdoff_s": min(1.0, opts.every_s / 2), "sim_every_s": opts.every_s},
+        # Hold-off longer than the PIR pulse (min(1 s, every/2)) so one visit is one trigger.
+        "trigger": {"holdoff_s": opts.every_s * 0.8, "sim_every_s": opts.every_s},
         "camera": camera,
         # The demo alerts on every animal so a newcomer sees the path work; the field default
         # alerts on leopard, tiger, person and vehicle only (ARCHITECTURE §4).

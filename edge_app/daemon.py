@@ -30,7 +30,7 @@ from edge_app.clock import Clock, SystemClock
 from edge_app.config import Config
 from edge_app.detect.pipeline import Pipeline, resolve_models_dir
 from edge_app.detect.policy import decide
-from edge_app.errors import ImageError
+from edge_app.errors import ImageError, StorageError
 from edge_app.events import Burst, FrameResult, TriggerEvent, Verdict
 from edge_app.hardware.camera import make_camera
 from edge_app.hardware.trigger import PirTrigger, make_pin_factory
@@ -153,7 +153,9 @@ class App:
         try:
             while (item := self.decided.get(stop)) is not None:
                 burst, verdict = item
-                stored = self.store.record(burst, verdict)
+                stored, ok = self._record(burst, verdict, stop)
+                if not ok:
+                    return
                 if verdict.outcome == "discard":
                     self.counters.empty += 1
                     if stored is not None:
@@ -168,6 +170,28 @@ class App:
                     self.link.wake()
         finally:
             self.store.close()
+
+    def _record(
+        self, burst: Burst, verdict: Verdict, stop: threading.Event
+    ) -> tuple[object | None, bool]:
+        """Store one decided trigger, retrying while the card is full or read-only.
+
+        A decided event must not be dropped because the disk hiccuped, so the store stage
+        holds on to it and retries with backoff (which also stalls detect behind it, by design:
+        back-pressure rather than loss). Returns (stored record or None, False if stopping).
+        """
+        delay = 1.0
+        while True:
+            try:
+                return self.store.record(burst, verdict), True
+            except StorageError as e:
+                logger.error("cannot store trigger %d (%s): retrying in %.0f s",
+                             burst.trigger.number, e, delay)
+            if self.clock.wait(stop, delay):
+                logger.error("stopping with trigger %d decided (%s) but not stored",
+                             burst.trigger.number, verdict.outcome)
+                return None, False
+            delay = min(delay * 2, 60.0)
 
     # -- lifecycle ----------------------------------------------------------------------
 

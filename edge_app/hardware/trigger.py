@@ -288,6 +288,12 @@ class PirTrigger:
         self._worker: threading.Thread | None = None
 
     @property
+    def motion(self) -> bool:
+        """The PIR level as gpiozero last sampled it (True = motion)."""
+        with self._lock:
+            return self._filter.level
+
+    @property
     def stats(self) -> TriggerStats:
         """The filter's counters."""
         with self._lock:

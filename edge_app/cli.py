@@ -9,10 +9,11 @@ works on a machine without the model runtime.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from edge_app import __version__
 from edge_app.errors import ConfigError, ModelError
@@ -94,6 +95,16 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
     return outbox_command(cfg, args.action, sys.stdout, as_json=args.json)
 
 
+def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    """A handler that imports ``module`` only when its command runs (keeps start-up cheap)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        rc: int = getattr(importlib.import_module(module), func)(args)
+        return rc
+
+    return handler
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="camtrap", description="Edge software for camera traps.")
     p.add_argument("--version", action="version", version=f"camtrap {__version__}")
@@ -136,7 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--config", required=True, help="TOML config file (for storage.root)")
     o.add_argument("--json", action="store_true")
     o.set_defaults(func=_cmd_outbox, quiet=True)
+
+    # Area commands register their own options in their own modules (one module per concern):
+    # each module has ``add_arguments(parser)`` and ``main(args) -> int``.
+    b = sub.add_parser("bench", help="benchmarks that print figures (--json for scripts)")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    for name, module, text in BENCHES:
+        bp = bsub.add_parser(name, help=text)
+        importlib.import_module(module).add_arguments(bp)
+        bp.set_defaults(func=_lazy(module, "main"), quiet=True)
+    for name, module, text in AREA_COMMANDS:
+        ap = sub.add_parser(name, help=text)
+        importlib.import_module(module).add_arguments(ap)
+        ap.set_defaults(func=_lazy(module, "main"), quiet=True)
     return p
+
+
+# (command, module, help). The modules must import cheaply: heavy imports go inside main().
+BENCHES: list[tuple[str, str, str]] = []
+AREA_COMMANDS: list[tuple[str, str, str]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

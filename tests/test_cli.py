@@ -1,0 +1,123 @@
+"""The CLI contracts scripts rely on: demo --json, detect --json, alerts --json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_app.sim.broker import PrivateBroker as Broker
+
+CAMTRAP = [sys.executable, "-m", "edge_app"]
+
+
+@pytest.mark.models
+@pytest.mark.broker
+def test_demo_json_contract(models_dir: Path, cameratrapai_dir: Path) -> None:
+    r = subprocess.run(
+        [*CAMTRAP, "demo", "--json", "--seconds", "5", "--every", "0.7",
+         "--images", str(cameratrapai_dir), "--models", str(models_dir)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    summary = lines[-1]["summary"]
+    assert set(summary) == {"triggers", "frames", "empty", "kept", "alerts_sent",
+                            "alerts_received", "outbox_depth", "latency_ms_p50"}
+    events = lines[:-1]
+    assert summary["triggers"] >= 5
+    assert summary["alerts_received"] == len(events) == summary["alerts_sent"] >= 4
+    assert summary["outbox_depth"] == 0
+    assert summary["frames"] == 3 * summary["triggers"]
+    assert summary["latency_ms_p50"] > 0
+    assert len({e["id"] for e in events}) == len(events)
+    for e in events:
+        assert e["unit"] == "DEMO-001"
+        assert e["label"] in {"animal", "person", "vehicle"}
+
+
+def test_demo_refuses_missing_images_folder(tmp_path: Path) -> None:
+    r = subprocess.run([*CAMTRAP, "demo", "--images", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2
+    assert "nope" in r.stderr
+
+
+@pytest.mark.models
+def test_detect_json_lines_and_exit_codes(
+    tmp_path: Path, models_dir: Path, cameratrapai_dir: Path
+) -> None:
+    for name in ("blank.jpg", "human.jpg", "african_elephants_cmyk.jpg"):
+        shutil.copy(cameratrapai_dir / name, tmp_path / name)
+    r = subprocess.run([*CAMTRAP, "detect", "--json", "--models", str(models_dir),
+                        str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    by_file = {Path(o["file"]).name: o for o in map(json.loads, r.stdout.splitlines())}
+    assert by_file["blank.jpg"]["label"] == "empty"
+    assert by_file["human.jpg"]["label"] == "person"
+    assert by_file["african_elephants_cmyk.jpg"]["label"] == "animal"
+    for o in by_file.values():
+        assert set(o) >= {"file", "label", "species", "score", "detections", "timings_ms"}
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8not really a jpeg")
+    r = subprocess.run([*CAMTRAP, "detect", "--json", "--models", str(models_dir),
+                        str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 1
+    out = {Path(o["file"]).name: o for o in map(json.loads, r.stdout.splitlines())}
+    assert set(out) == {"blank.jpg", "human.jpg", "african_elephants_cmyk.jpg", "broken.jpg"}
+    assert "error" in out["broken.jpg"]
+
+
+def test_detect_without_models_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CAMTRAP_MODELS", raising=False)
+    r = subprocess.run([*CAMTRAP, "detect", str(tmp_path)], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 2
+    assert "CAMTRAP_MODELS" in r.stderr
+
+
+@pytest.mark.broker
+def test_alerts_prints_each_event_once(broker: Broker) -> None:
+    proc = subprocess.Popen(
+        [*CAMTRAP, "alerts", "--broker", broker.address, "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    event = {"id": "LL-001-7", "unit": "LL-001", "seq": 7, "ts": "2026-11-27T03:12:00+00:00",
+             "outcome": "alert", "label": "animal", "species": "leopard", "score": 0.91,
+             "detections": [], "frames": 3, "media": []}
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cli-test-pub",
+                      protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        # Re-send until the receiver has subscribed and printed: duplicates are the point.
+        deadline = time.monotonic() + 20
+        while not lines and time.monotonic() < deadline:
+            pub.publish("camtrap/LL-001/event", json.dumps(event), qos=1).wait_for_publish(5)
+            time.sleep(0.2)
+        for payload in ("not json", json.dumps(event), json.dumps(event)):
+            pub.publish("camtrap/LL-001/event", payload, qos=1).wait_for_publish(5)
+        time.sleep(0.5)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+        reader.join(5)
+        err = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 0, err
+    assert [json.loads(line)["id"] for line in lines] == ["LL-001-7"], err

@@ -194,9 +194,10 @@ def test_make_pin_factory() -> None:
     assert err.value.key == "hardware.backend"
 
 
-def test_pir_drive_high_gives_one_trigger(factory: Any) -> None:
+@pytest.mark.parametrize("device", ["motion_sensor", "edge"])
+def test_pir_drive_high_gives_one_trigger(factory: Any, device: str) -> None:
     got: queue.Queue[TriggerEvent] = queue.Queue()
-    pir = PirTrigger(fast_cfg(), SystemClock(), got.put_nowait, factory)
+    pir = PirTrigger(fast_cfg(device=device), SystemClock(), got.put_nowait, factory)
     pin = factory.pin(17)
     try:
         pir.start()
@@ -214,9 +215,11 @@ def test_pir_drive_high_gives_one_trigger(factory: Any) -> None:
         pir.close()
 
 
-def test_pir_short_glitch_inside_one_sample_is_not_a_trigger(factory: Any) -> None:
+@pytest.mark.parametrize("device", ["motion_sensor", "edge"])
+def test_pir_short_glitch_inside_one_sample_is_not_a_trigger(factory: Any, device: str) -> None:
     got: queue.Queue[TriggerEvent] = queue.Queue()
-    pir = PirTrigger(fast_cfg(debounce_s=0.2), SystemClock(), got.put_nowait, factory)
+    pir = PirTrigger(fast_cfg(debounce_s=0.2, device=device), SystemClock(), got.put_nowait,
+                     factory)
     pin = factory.pin(17)
     try:
         pir.start()
@@ -254,6 +257,18 @@ def test_pir_already_high_at_start_counts_as_motion(factory: Any) -> None:
         assert ev.number == 1
         with pytest.raises(queue.Empty):
             got.get(timeout=0.1)
+    finally:
+        pir.close()
+
+
+def test_edge_pir_already_high_at_start_counts_as_motion(factory: Any) -> None:
+    got: queue.Queue[TriggerEvent] = queue.Queue()
+    factory.pin(17).drive_high()
+    pir = PirTrigger(fast_cfg(device="edge"), SystemClock(), got.put_nowait, factory)
+    try:
+        pir.start()
+        assert got.get(timeout=2.0).number == 1
+        assert pir.motion
     finally:
         pir.close()
 

@@ -317,32 +317,48 @@ class PirTrigger:
             if self._sensor is not None:
                 return
         try:
-            from gpiozero import MotionSensor
+            from gpiozero import DigitalInputDevice, MotionSensor
             from gpiozero.exc import GPIOZeroError
         except ImportError as e:
             raise HardwareUnavailable(f"gpiozero is not installed: {e}") from e
+        edge = self._cfg.device == "edge"
         try:
-            sensor = MotionSensor(
-                self._cfg.pin,
-                queue_len=1,
-                sample_rate=self._cfg.sample_rate_hz,
-                pin_factory=self._pin_factory,
-            )
+            if edge:
+                # Interrupt-driven: gpiozero calls back on each pin edge, nothing wakes while
+                # the pin is quiet. The PIR drives the line (push-pull), so no pull resistor.
+                sensor = DigitalInputDevice(
+                    self._cfg.pin, pull_up=None, active_state=True,
+                    pin_factory=self._pin_factory)
+            else:
+                sensor = MotionSensor(
+                    self._cfg.pin,
+                    queue_len=1,
+                    sample_rate=self._cfg.sample_rate_hz,
+                    pin_factory=self._pin_factory,
+                )
         except GPIOZeroError as e:
             raise HardwareUnavailable(f"PIR on BCM {self._cfg.pin}: {e}") from e
-        sensor.when_motion = self._rose
-        sensor.when_no_motion = self._fell
+        if edge:
+            sensor.when_activated = self._rose
+            sensor.when_deactivated = self._fell
+        else:
+            sensor.when_motion = self._rose
+            sensor.when_no_motion = self._fell
         self._sensor = sensor
         self._worker = threading.Thread(target=self._run, name="pir-trigger", daemon=True)
         self._worker.start()
-        first_sample_s = max(0.2, 3.0 / self._cfg.sample_rate_hz)
-        if not sensor.wait_for_no_motion(first_sample_s) and sensor.motion_detected:
+        if edge:
+            high = bool(sensor.is_active)
+        else:
+            first_sample_s = max(0.2, 3.0 / self._cfg.sample_rate_hz)
+            high = not sensor.wait_for_no_motion(first_sample_s) and sensor.motion_detected
+        if high:
             logger.info("%s is already high at start: counting it as motion now", self.source)
             self._edge(rising=True)
         logger.info(
-            "%s armed (sample %.0f Hz, debounce %.3f s, hold-off %.1f s)",
+            "%s armed (%s, debounce %.3f s, hold-off %.1f s)",
             self.source,
-            self._cfg.sample_rate_hz,
+            "pin interrupts" if edge else f"sampled at {self._cfg.sample_rate_hz:.0f} Hz",
             self._cfg.debounce_s,
             self._cfg.holdoff_s,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -43,6 +44,22 @@ def test_demo_json_contract(models_dir: Path, cameratrapai_dir: Path) -> None:
     for e in events:
         assert e["unit"] == "DEMO-001"
         assert e["label"] in {"animal", "person", "vehicle"}
+
+
+@pytest.mark.models
+def test_demo_without_mosquitto_runs_queue_only(models_dir: Path, cameratrapai_dir: Path) -> None:
+    r = subprocess.run(
+        [*CAMTRAP, "demo", "--json", "--seconds", "2", "--every", "0.5",
+         "--images", str(cameratrapai_dir), "--models", str(models_dir)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "CAMTRAP_MOSQUITTO": "/nonexistent/mosquitto"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "mosquitto not found" in r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])["summary"]
+    assert summary["alerts_received"] == summary["alerts_sent"] == 0
+    assert summary["kept"] >= 1
+    assert summary["outbox_depth"] >= summary["kept"]  # everything kept is still queued
 
 
 def test_demo_refuses_missing_images_folder(tmp_path: Path) -> None:

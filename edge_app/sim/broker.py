@@ -15,7 +15,13 @@ from pathlib import Path
 
 
 def find_mosquitto() -> str | None:
-    """Path of the mosquitto binary, or None (Debian puts it in /usr/sbin, often off PATH)."""
+    """Path of the mosquitto binary, or None (Debian puts it in /usr/sbin, often off PATH).
+
+    ``CAMTRAP_MOSQUITTO`` names the binary explicitly (None if it is not executable there).
+    """
+    forced = os.environ.get("CAMTRAP_MOSQUITTO")
+    if forced is not None:
+        return forced if os.access(forced, os.X_OK) else None
     exe = shutil.which("mosquitto")
     if exe:
         return exe

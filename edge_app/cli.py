@@ -68,6 +68,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             as_json=args.json,
             every_s=args.every,
             unit=args.unit,
+            synthetic=args.synthetic,
         )
     )
 
@@ -113,8 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="a whole simulated trap, broker and ranger receiver")
     d.add_argument("--seconds", type=float, default=25.0, help="how long the trap runs")
-    d.add_argument("--images", help="folder of JPEGs to replay (default: synthetic scenes)")
-    d.add_argument("--models", help="model folder (else CAMTRAP_MODELS)")
+    d.add_argument("--images", help="folder of JPEGs to replay (default: the shared "
+                   "camera-trap photos in ../shared when present)")
+    d.add_argument("--synthetic", action="store_true",
+                   help="replay generated scenes instead of photos")
+    d.add_argument("--models", help="model folder (else CAMTRAP_MODELS, else ../shared's)")
     d.add_argument("--every", type=float, default=1.5, help="seconds between simulated visits")
     d.add_argument("--unit", default="DEMO-001", help="unit id")
     d.add_argument("--json", action="store_true", help="event JSON per line, summary last")

@@ -122,6 +122,10 @@ class StorageConfig:
     root: str = _f("/var/lib/camtrap", "where media and the database live")
     thumb_px: int = _f(320, "longest side of thumbnails", min=32, max=2048)
     thumb_quality: int = _f(70, "JPEG quality of thumbnails", min=10, max=100)
+    min_free_mb: float = _f(64.0, "below this much free space the card is 'disk_low': stored "
+                            "images, then thumbnails, are pruned (oldest first; alerts never)",
+                            min=0)
+    check_every_s: float = _f(60.0, "how often free space is checked (and pruned)", gt=0)
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,19 @@ class OutboxConfig:
                                    gt=0)
     max_inflight: int = _f(10, "messages awaiting PUBACK at once", min=1, max=1000)
     alert_expiry_s: float = _f(0.0, "drop undelivered alerts after this (0 = never)", min=0)
+    status_expiry_s: float = _f(3600.0, "drop undelivered status messages after this "
+                                "(0 = never)", min=0)
+    event_expiry_s: float = _f(0.0, "drop undelivered non-alert events after this (0 = never)",
+                               min=0)
+    thumb_expiry_s: float = _f(0.0, "drop undelivered thumbnails after this (0 = never)", min=0)
+    image_expiry_s: float = _f(7 * 86400.0, "drop undelivered full images after this "
+                               "(0 = never); the file stays on the card", min=0)
+    receipt_timeout_s: float = _f(300.0, "with mqtt.receipts: an event acknowledged by the "
+                                  "broker but with no receipt after this is sent again", gt=0)
+    receipt_timeout_max_s: float = _f(3600.0, "the receipt timeout doubles per resend up to "
+                                      "this", gt=0)
+    max_media_attempts: int = _f(10, "a media row is given up ('dead') after this many "
+                                 "attempts; alerts and events are never given up", min=1)
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,21 @@ class MqttConfig:
     allow_insecure: bool = _f(False, "allow plain TCP to a host that is not loopback")
     reconnect_min_s: float = _f(1.0, "first reconnect delay", gt=0)
     reconnect_max_s: float = _f(120.0, "longest reconnect delay", gt=0)
+    username: str = _f("", "MQTT user name (default: the unit id, which the broker's ACL "
+                       "pattern camtrap/%u/# expects); used with password_file")
+    password_file: str = _f("", "file holding the MQTT password (one line); must be mode 0600")
+    stats_interval_s: float = _f(300.0, "publish health on <prefix>/<unit>/stats this often "
+                                 "(0 = never)", min=0)
+    receipts: bool = _f(True, "keep events in the outbox ('acked-by-broker') until a "
+                        "receiver's receipt on <prefix>/<unit>/ack; off when no receiver runs")
+    chunk_bytes: int = _f(32768, "media chunk size", min=256, max=1048576)
+    media_window: int = _f(4, "chunks of one media file awaiting PUBACK at once", min=1,
+                           max=64)
+    max_message_bytes: int = _f(262144, "never publish a message larger than this (keep at or "
+                                "below the broker's message_size_limit)", min=1024)
+    send_images: bool = _f(True, "send full images (after alerts, status, events, thumbnails)")
+    image_min_link_s: float = _f(30.0, "full images only go once the link has been up and "
+                                 "clean (no lost message) this long", min=0)
 
 
 @dataclass(frozen=True)
@@ -274,6 +306,11 @@ def _check(cfg: Config) -> None:
     if m.enabled and not m.tls and not m.allow_insecure and not _is_loopback(m.host):
         raise ConfigError("mqtt.tls", f"plain TCP to {m.host!r} would send alerts in clear; "
                           "set mqtt.tls = true (or mqtt.allow_insecure = true on a private net)")
+    if m.chunk_bytes > m.max_message_bytes - 1024:
+        raise ConfigError("mqtt.chunk_bytes", "must leave 1 KiB of mqtt.max_message_bytes for "
+                          "the topic and properties")
+    if cfg.outbox.receipt_timeout_max_s < cfg.outbox.receipt_timeout_s:
+        raise ConfigError("outbox.receipt_timeout_max_s", "must be ≥ outbox.receipt_timeout_s")
     if m.cert_file and not m.key_file:
         raise ConfigError("mqtt.key_file", "is required with mqtt.cert_file")
     if not m.topic_prefix or any(c in m.topic_prefix for c in "#+"):

@@ -62,6 +62,21 @@ def test_demo_without_mosquitto_runs_queue_only(models_dir: Path, cameratrapai_d
     assert summary["outbox_depth"] >= summary["kept"]  # everything kept is still queued
 
 
+@pytest.mark.models
+@pytest.mark.broker
+def test_demo_synthetic_scenes_run_the_whole_path(models_dir: Path) -> None:
+    r = subprocess.run(
+        [*CAMTRAP, "demo", "--json", "--synthetic", "--seconds", "2", "--every", "0.5",
+         "--models", str(models_dir)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.splitlines()[-1])["summary"]
+    assert summary["triggers"] >= 2
+    assert summary["frames"] == 3 * summary["triggers"]
+    assert summary["empty"] + summary["kept"] == summary["triggers"]
+
+
 def test_demo_refuses_missing_images_folder(tmp_path: Path) -> None:
     r = subprocess.run([*CAMTRAP, "demo", "--images", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=60, check=False)

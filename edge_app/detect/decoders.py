@@ -4,17 +4,116 @@ No model, card or image knowledge here, so each decoder is tested on hand-built 
 work on the anchor axis is vectorised: the only Python loop is greedy NMS, which runs over
 the few candidates above threshold (capped by ``max_candidates``), never over the 8400
 anchors.
+
+Quantised outputs are decoded *in their own integer domain*: a decoder takes the raw int8 or
+uint8 tensor plus its ``(scale, zero_point)`` (:data:`Quant`), turns the confidence threshold
+into the matching integer, finds candidates with integer comparisons, and dequantises only
+the handful of candidate rows. For a YOLOv8n 640 head that avoids converting 705,600 values
+to float32 per frame (about 1.5 ms and 2.8 MB of memory traffic on x86, several times more on
+a Pi). ``quant=None`` means the tensor is already real-valued (float I/O exports).
+
+Every detector decoder returns boxes as ``x_min, y_min, x_max, y_max`` in *input pixels* (the
+letterboxed model input), scores, and class ids in the model's own numbering, best first.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 Boxes = NDArray[np.float32]
 """``(K, 4)`` boxes as ``x_min, y_min, x_max, y_max``."""
+
+Quant = tuple[float, int] | None
+"""``(scale, zero_point)`` of a quantised tensor (real = scale · (q − zero_point)), or None."""
+
+
+class Decoded(NamedTuple):
+    """A detector head's answer.
+
+    Attributes:
+        boxes: ``(K, 4)`` xyxy in input pixels, best first.
+        scores: ``(K,)`` confidences in [0, 1].
+        class_ids: ``(K,)`` class ids in the model's numbering.
+        class_max: ``(C,)`` highest score of each class anywhere in the frame, below the
+            threshold too (0 for classes not asked about); the decision policy needs these to
+            tell a confidently empty frame from an unsure one.
+    """
+
+    boxes: Boxes
+    scores: NDArray[np.float32]
+    class_ids: NDArray[np.intp]
+    class_max: NDArray[np.float32]
+
+
+def dequantise(q: NDArray[Any], quant: Quant) -> NDArray[np.float32]:
+    """Real values of ``q`` (a new float32 array; ``q`` itself when already float32)."""
+    if quant is None:
+        return q.astype(np.float32, copy=False)
+    scale, zero_point = quant
+    out = q.astype(np.float32)
+    out -= np.float32(zero_point)
+    out *= np.float32(scale)
+    return out
+
+
+def raw_threshold(thr: float, quant: Quant, dtype: np.dtype[Any]) -> float | int | None:
+    """The raw value ``r`` with ``raw > r`` ⇔ ``real > thr``, or None when every value passes.
+
+    Computed by dequantising every representable value with :func:`dequantise` itself, so the
+    integer comparison agrees bit for bit with comparing dequantised floats (no off-by-one at
+    a quantisation step).
+    """
+    if quant is None or not np.issubdtype(dtype, np.integer):
+        return thr
+    scale, _ = quant
+    if scale <= 0:
+        raise ValueError(f"quantisation scale must be > 0, got {scale}")
+    info = np.iinfo(dtype)
+    if info.bits > 16:
+        # Wide integer outputs are rare; analytic (may differ from float compare at a tie).
+        return int(np.floor(thr / scale + quant[1]))
+    q = np.arange(info.min, info.max + 1, dtype=np.int64)
+    above = np.flatnonzero(dequantise(q, quant) > thr)
+    if above.size == 0:
+        return int(info.max)  # raw > max never holds: nothing passes
+    first = int(q[above[0]])
+    return None if first == info.min else first - 1
+
+
+def _above(values: NDArray[Any], thr: float, quant: Quant) -> NDArray[np.intp]:
+    """Indices where the real value of ``values`` is above ``thr``."""
+    r = raw_threshold(thr, quant, values.dtype)
+    if r is None:
+        return np.arange(values.shape[0], dtype=np.intp)
+    return np.flatnonzero(values > r)
+
+
+def _filter_nms(boxes: Boxes, scores: NDArray[np.float32], class_ids: NDArray[np.intp],
+                iou_thr: float, max_det: int, nms_groups: NDArray[Any] | None,
+                class_thresholds: NDArray[np.float32] | None,
+                run_nms: bool = True) -> tuple[Boxes, NDArray[np.float32], NDArray[np.intp]]:
+    """Per-class thresholds, then NMS within groups (shared by every detector decoder)."""
+    if class_thresholds is not None and scores.size:
+        ok = scores > class_thresholds[class_ids]
+        boxes, scores, class_ids = boxes[ok], scores[ok], class_ids[ok]
+    if scores.size == 0:
+        return _empty()
+    if run_nms:
+        groups = class_ids if nms_groups is None else nms_groups[class_ids]
+        keep = nms(boxes, scores, iou_thr, max_det, groups=groups)
+    else:
+        keep = np.argsort(-scores, kind="stable")[:max_det]
+    return boxes[keep], scores[keep], class_ids[keep]
+
+
+def _top_candidates(cand: NDArray[np.intp], conf: NDArray[Any],
+                    max_candidates: int) -> NDArray[np.intp]:
+    if cand.size > max_candidates:
+        cand = cand[np.argpartition(conf[cand], -max_candidates)[-max_candidates:]]
+    return cand
 
 
 def _empty() -> tuple[Boxes, NDArray[np.float32], NDArray[np.intp]]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +39,7 @@ class DemoOptions:
     as_json: bool = False
     every_s: float = 1.5
     unit: str = "DEMO-001"
+    synthetic: bool = False
 
 
 def _demo_config(opts: DemoOptions, root: Path, port: int, mqtt: bool) -> config.Config:
@@ -70,8 +72,36 @@ def _latency_ms(event: dict[str, Any]) -> float | None:
     return (time.time() - ts) * 1000.0
 
 
+def shared_data_dir() -> Path | None:
+    """The shared photo and model pack of a development checkout, if there is one.
+
+    ``CAMTRAP_SHARED`` names it; otherwise ``../shared`` beside the repository, which is
+    where the quick start expects it. Only the demo falls back to it: a real unit is told
+    where its models are.
+    """
+    env = os.environ.get("CAMTRAP_SHARED")
+    root = Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
+    data = root / "data"
+    return data if data.is_dir() else None
+
+
+def _with_defaults(opts: DemoOptions) -> DemoOptions:
+    """Fill --images/--models from the shared pack so a bare ``camtrap demo`` shows alerts."""
+    shared = shared_data_dir()
+    if shared is None:
+        return opts
+    images, models = opts.images, opts.models
+    if images is None and (shared / "images" / "cameratrapai").is_dir():
+        images = str(shared / "images" / "cameratrapai")
+    if models is None and not os.environ.get("CAMTRAP_MODELS") and (shared / "models").is_dir():
+        models = str(shared / "models")
+    return replace(opts, images=images, models=models)
+
+
 def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
     """Run the demo and print alerts and a summary; returns the exit code."""
+    if not opts.synthetic:
+        opts = _with_defaults(opts)
     if opts.images and not Path(opts.images).is_dir():
         print(f"camtrap demo: --images {opts.images}: not a folder", file=sys.stderr)
         return 2
@@ -109,7 +139,8 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
             receiver.start()
         app = App(cfg, models_dir, SystemClock())
         if not opts.as_json:
-            src = opts.images or "synthetic scenes"
+            src = opts.images or ("synthetic scenes (the stand-in COCO detector sees no "
+                                  "animal in them: expect no alerts; try --images DIR)")
             print(f"camtrap demo: unit {opts.unit}, camera replaying {src}, broker "
                   f"{broker.address if broker else 'none'}; running {opts.seconds:.0f} s",
                   file=out, flush=True)

@@ -10,6 +10,10 @@ Why these settings: the SD card of a field unit loses power without warning. WAL
 uplink thread, each on its own connection, wait for each other's short write transactions
 instead of failing with ``database is locked``.
 
+Schema versions: v1 (the first release) had no ``acked-by-broker`` outbox state, no per-row
+chunk list and no ``settings`` table. :func:`open_db` upgrades an older database in place, in
+one transaction, so a unit in the field keeps its queued alerts across a software update.
+
 Connections are opened in autocommit mode (``isolation_level=None``); multi-statement writes go
 through :func:`transaction`, which issues ``BEGIN IMMEDIATE`` so that a writer takes the lock up
 front and never has to upgrade a read lock (the classic SQLite deadlock).
@@ -29,8 +33,47 @@ from edge_app.errors import StorageError
 logger = logging.getLogger(__name__)
 
 DB_NAME = "camtrap.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
+
+# The outbox table of schema v2, as a template so the v1 → v2 migration can build it under a
+# temporary name. State ``acked-by-broker``: the broker sent PUBACK, and the row waits for the
+# receiver's end-to-end receipt (or its timeout, ``next_attempt_at``). ``chunks``: for a media
+# row, a JSON list of the chunk indices still to send (NULL: all of them).
+_OUTBOX_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    id              INTEGER PRIMARY KEY,
+    event_id        TEXT REFERENCES events (id) ON DELETE CASCADE,
+    kind            TEXT NOT NULL
+                    CHECK (kind IN ('alert', 'status', 'event', 'thumb', 'image')),
+    priority        INTEGER NOT NULL,
+    topic           TEXT NOT NULL,
+    payload         BLOB,
+    media_path      TEXT,
+    created         REAL NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    expires_at      REAL,
+    state           TEXT NOT NULL DEFAULT 'ready'
+                    CHECK (state IN ('ready', 'inflight', 'acked-by-broker', 'sent', 'dead')),
+    inflight_since  REAL,
+    done_at         REAL,
+    last_error      TEXT,
+    chunks          TEXT,
+    CHECK (payload IS NOT NULL OR media_path IS NOT NULL)
+);
+"""
+
+_OUTBOX_INDEXES = """
+CREATE INDEX IF NOT EXISTS outbox_service ON outbox (state, priority, id);
+CREATE INDEX IF NOT EXISTS outbox_event ON outbox (event_id);
+CREATE INDEX IF NOT EXISTS outbox_timer ON outbox (state, next_attempt_at);
+"""
+
+_V1_OUTBOX_COLUMNS = (
+    "id, event_id, kind, priority, topic, payload, media_path, created, attempts, "
+    "next_attempt_at, expires_at, state, inflight_since, done_at, last_error"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -70,29 +113,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 
-CREATE TABLE IF NOT EXISTS outbox (
-    id              INTEGER PRIMARY KEY,
-    event_id        TEXT REFERENCES events (id) ON DELETE CASCADE,
-    kind            TEXT NOT NULL
-                    CHECK (kind IN ('alert', 'status', 'event', 'thumb', 'image')),
-    priority        INTEGER NOT NULL,
-    topic           TEXT NOT NULL,
-    payload         BLOB,
-    media_path      TEXT,
-    created         REAL NOT NULL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    expires_at      REAL,
-    state           TEXT NOT NULL DEFAULT 'ready'
-                    CHECK (state IN ('ready', 'inflight', 'sent', 'dead')),
-    inflight_since  REAL,
-    done_at         REAL,
-    last_error      TEXT,
-    CHECK (payload IS NOT NULL OR media_path IS NOT NULL)
+-- Remote configuration changes (``config/set`` commands), applied over the TOML file at start.
+CREATE TABLE IF NOT EXISTS settings (
+    key     TEXT PRIMARY KEY,
+    value   TEXT NOT NULL,  -- JSON
+    updated REAL NOT NULL,
+    source  TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS outbox_service ON outbox (state, priority, id);
-CREATE INDEX IF NOT EXISTS outbox_event ON outbox (event_id);
-"""
+""" + _OUTBOX_TABLE.format(name="outbox") + _OUTBOX_INDEXES
 
 
 def db_path(root: str | os.PathLike[str]) -> Path:
@@ -168,11 +196,54 @@ def _ensure_schema(conn: sqlite3.Connection, p: Path) -> None:
         except sqlite3.Error as e:
             raise StorageError(f"cannot create the schema of {p}: {e}") from e
         version = _read_version(conn)
+    if version is not None and version < SCHEMA_VERSION:
+        version = _migrate(conn, p)
     if version is None or version > SCHEMA_VERSION:
         raise StorageError(
             f"database {p} has schema version {version}, this camtrap knows up to "
             f"{SCHEMA_VERSION}: upgrade camtrap instead of downgrading the database"
         )
+
+
+def _migrate(conn: sqlite3.Connection, p: Path) -> int:
+    """Upgrade an older database to :data:`SCHEMA_VERSION` in one transaction.
+
+    The version is read again inside the write transaction: the store and uplink threads open
+    the database at the same time, and only the first of them may migrate.
+
+    Returns:
+        The schema version afterwards.
+
+    Raises:
+        StorageError: the upgrade failed; the database is left as it was.
+    """
+    try:
+        with transaction(conn):
+            version = _read_version(conn) or 0
+            if version == 1:
+                _migrate_1_to_2(conn)
+                version = 2
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                         (str(version),))
+    except sqlite3.Error as e:
+        raise StorageError(f"cannot upgrade the schema of {p}: {e}") from e
+    logger.info("database %s upgraded to schema version %d", p, version)
+    return version
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """v1 → v2: new outbox state and ``chunks`` column (a table rebuild: SQLite cannot alter a
+    CHECK constraint), the ``outbox_timer`` index and the ``settings`` table."""
+    for stmt in _statements(_OUTBOX_TABLE.format(name="outbox_v2")):
+        conn.execute(stmt)
+    conn.execute(
+        f"INSERT INTO outbox_v2 ({_V1_OUTBOX_COLUMNS}) "  # noqa: S608 - constant column list
+        f"SELECT {_V1_OUTBOX_COLUMNS} FROM outbox"
+    )
+    conn.execute("DROP TABLE outbox")
+    conn.execute("ALTER TABLE outbox_v2 RENAME TO outbox")
+    for stmt in _statements(_SCHEMA):  # IF NOT EXISTS: adds only what v1 lacked
+        conn.execute(stmt)
 
 
 def _read_version(conn: sqlite3.Connection) -> int | None:

@@ -5,9 +5,17 @@ power cut would lose them. Here a message exists as a row *before* anyone tries 
 it only leaves the ``ready``/``inflight`` states when the link has confirmed delivery (MQTT
 PUBACK with a success reason code)::
 
-    ready ──mark_inflight──► inflight ──mark_sent──► sent ──purge──► (deleted)
-      ▲                         │
-      └──mark_failed (backoff)──┘      ready ──expire──► dead      recover(): inflight → ready
+    ready ──mark_inflight──► inflight ──mark_sent──────────────────────► sent ──purge──► (gone)
+      ▲                         │  │                                       ▲
+      ├──mark_failed (backoff)──┘  └─mark_acked─► acked-by-broker ─receipt─┘
+      ├──requeue (no ACK in time)─────────────────────┘ (no receipt in time: requeue_unreceipted)
+      │
+    ready ──expire──► dead        recover(): inflight → ready        prune: media row → dead
+
+``acked-by-broker`` exists because a broker's PUBACK is not delivery: a broker killed with -9
+can lose what it acknowledged. With receipts on, an ``alert``/``event`` row stays there until
+the receiver's end-to-end receipt names its event id, and is sent again when the receipt does
+not come in time (the timeout doubles per resend, up to ``receipt_timeout_max_s``).
 
 Delivery is at-least-once: a row that was on the air when the power went is sent again after
 :meth:`Outbox.recover`; every message carries its event id so receivers deduplicate.
@@ -21,10 +29,15 @@ Order of service: ``alert`` < ``status`` < ``event`` < ``thumb`` < ``image`` (``
 served first), then oldest first. ``event`` is the event JSON of a trigger that was kept but did
 not raise an alert: it must reach the base after alerts and status, and before the (large)
 media, so that a thumbnail never arrives before the event it belongs to.
+
+Expiry is per kind (``outbox.<kind>_expiry_s``): a week-old stats message or full image is not
+worth the airtime, a late alert always is (alerts never expire unless configured).
 """
 
 from __future__ import annotations
 
+import enum
+import json
 import logging
 import random
 import sqlite3
@@ -55,8 +68,25 @@ class State(StrEnum):
 
     READY = "ready"
     INFLIGHT = "inflight"
+    ACKED = "acked-by-broker"
     SENT = "sent"
     DEAD = "dead"
+
+
+#: Kinds that carry event JSON and are confirmed by the receiver's receipt (when enabled).
+RECEIPT_KINDS: frozenset[str] = frozenset({"alert", "event"})
+#: Kinds whose row points to a media file.
+MEDIA_KINDS: frozenset[str] = frozenset({"thumb", "image"})
+#: States of a row that has not reached the receiver yet (what ``depth`` counts).
+UNSENT_STATES: tuple[str, ...] = ("ready", "inflight", "acked-by-broker")
+
+
+class _Default(enum.Enum):
+    BY_KIND = 0
+
+
+#: ``Outbox.enqueue(expires_at=BY_KIND)``: the expiry configured for the row's kind.
+BY_KIND = _Default.BY_KIND
 
 
 PRIORITY: dict[Kind, int] = {
@@ -80,6 +110,7 @@ class OutboxRow:
         media_path: a file relative to the storage root (or absolute), for media rows.
         inflight_since: when the current attempt started (``inflight`` rows only).
         done_at: when the row became ``sent`` or ``dead``.
+        chunks: media rows only: the chunk indices still to send (None: all).
     """
 
     id: int
@@ -97,10 +128,12 @@ class OutboxRow:
     inflight_since: float | None
     done_at: float | None
     last_error: str | None
+    chunks: list[int] | None = None
 
     @classmethod
     def from_row(cls, r: sqlite3.Row) -> OutboxRow:
         payload = r["payload"]
+        chunks = r["chunks"]
         return cls(
             id=r["id"],
             event_id=r["event_id"],
@@ -117,6 +150,7 @@ class OutboxRow:
             inflight_since=r["inflight_since"],
             done_at=r["done_at"],
             last_error=r["last_error"],
+            chunks=None if chunks is None else [int(c) for c in json.loads(chunks)],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -134,6 +168,7 @@ class OutboxRow:
             "next_attempt_at": self.next_attempt_at,
             "expires_at": self.expires_at,
             "last_error": self.last_error,
+            "chunks": self.chunks,
         }
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from edge_app import __version__
 from edge_app.errors import ConfigError, ModelError
@@ -44,6 +45,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print("check-config: give a FILE (or --explain)", file=sys.stderr)
         return EXIT_USAGE
     cfg = config.load(args.file)
+    if cfg.lorawan.enabled:  # the keys file too: a technician checks on the bench, not on site
+        from edge_app.uplink.lorawan import load_secrets
+
+        load_secrets(cfg.lorawan.secrets_file)
     print(f"{args.file}: ok (unit {cfg.unit.id}, backend {cfg.hardware.backend})")
     return EXIT_OK
 
@@ -52,6 +57,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge_app import config
 
     cfg = config.load(args.config)  # before the heavy imports: a bad config fails fast
+    from edge_app.uplink.mqtt import check_credentials
+
+    check_credentials(cfg)  # missing TLS files, a password file others can read: exit 2
     from edge_app.daemon import run_daemon
 
     return run_daemon(cfg, models=args.models)
@@ -79,13 +87,23 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from edge_app.detect.pipeline import resolve_models_dir
 
     models_dir = resolve_models_dir(args.models, "")
-    return run_detect(args.paths, models_dir, DetectorConfig(), args.json, sys.stdout)
+    md = Path(args.md_json) if args.md_json else None
+    if md is not None and not md.parent.is_dir():
+        print(f"detect: folder of --md-json {md} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    return run_detect(args.paths, models_dir, DetectorConfig(), args.json, sys.stdout,
+                      md_json=md)
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
-    from edge_app.ranger import run_alerts
+    from edge_app.ranger import AlertsOptions, run_alerts
 
-    return run_alerts(args.broker, args.json, sys.stdout, prefix=args.prefix)
+    opts = AlertsOptions(ca_file=args.ca_file, username=args.username,
+                         password_file=args.password_file, store_dir=args.store,
+                         receipts=not args.no_receipts, include_keep=args.keep,
+                         lorawan=not args.no_lorawan, lorawan_devices=args.lorawan_devices)
+    return run_alerts(args.broker, args.json, sys.stdout, prefix=args.prefix,
+                      client_id=args.client_id, options=opts)
 
 
 def _cmd_outbox(args: argparse.Namespace) -> int:
@@ -93,7 +111,8 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
     from edge_app.store.cli import outbox_command
 
     cfg = config.load(args.config)
-    return outbox_command(cfg, args.action, sys.stdout, as_json=args.json)
+    return outbox_command(cfg, args.action, sys.stdout, as_json=args.json, limit=args.limit,
+                          states=args.state, kinds=args.kind, older_than_s=args.older_than)
 
 
 def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
@@ -138,18 +157,43 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("paths", nargs="+", metavar="PATH")
     t.add_argument("--models", help="model folder (else CAMTRAP_MODELS)")
     t.add_argument("--json", action="store_true", help="one JSON object per image")
+    t.add_argument("--md-json", metavar="OUT",
+                   help="also write MegaDetector batch output (format 1.6) to OUT")
     t.set_defaults(func=_cmd_detect, quiet=True)
 
     a = sub.add_parser("alerts", help="ranger side: print alerts as they arrive")
     a.add_argument("--broker", required=True, metavar="HOST:PORT")
     a.add_argument("--prefix", default="camtrap", help="topic prefix")
     a.add_argument("--json", action="store_true", help="event JSON per line")
+    a.add_argument("--store", metavar="DIR",
+                   help="persist events and media in DIR (receipts are sent after storing)")
+    a.add_argument("--ca-file", help="CA certificate of the broker (enables TLS)")
+    a.add_argument("--username", help="MQTT user name")
+    a.add_argument("--password-file", help="file with the MQTT password (mode 0600)")
+    a.add_argument("--client-id", help="fixed MQTT client id (default: per host and user)")
+    a.add_argument("--no-receipts", action="store_true",
+                   help="do not confirm received events to the traps")
+    a.add_argument("--keep", action="store_true", help="also print non-alert events")
+    a.add_argument("--lorawan-devices", metavar="FILE",
+                   help="TOML mapping LoRaWAN DevEUI → unit (default: the device names)")
+    a.add_argument("--no-lorawan", action="store_true",
+                   help="do not subscribe to ChirpStack/TTN uplinks")
     a.set_defaults(func=_cmd_alerts, quiet=True)
 
     o = sub.add_parser("outbox", help="inspect the durable outbox")
     o.add_argument("action", choices=["ls", "stats", "purge"])
     o.add_argument("--config", required=True, help="TOML config file (for storage.root)")
     o.add_argument("--json", action="store_true")
+    o.add_argument("--state", action="append", metavar="STATE",
+                   choices=["ready", "inflight", "acked-by-broker", "sent", "dead"],
+                   help="ls: only rows in this state / purge: delete rows in this state "
+                   "(repeatable; purge default: sent)")
+    o.add_argument("--kind", action="append", metavar="KIND",
+                   choices=["alert", "status", "event", "thumb", "image"],
+                   help="ls: only rows of this kind (repeatable)")
+    o.add_argument("--limit", type=int, default=50, help="ls: at most this many rows")
+    o.add_argument("--older-than", type=float, default=0.0, metavar="SECONDS",
+                   help="purge: only rows finished at least this long ago")
     o.set_defaults(func=_cmd_outbox, quiet=True)
 
     # Area commands register their own options in their own modules (one module per concern):
@@ -168,8 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # (command, module, help). The modules must import cheaply: heavy imports go inside main().
-BENCHES: list[tuple[str, str, str]] = []
-AREA_COMMANDS: list[tuple[str, str, str]] = []
+BENCHES: list[tuple[str, str, str]] = [
+    ("detect", "edge_app.detect.bench", "per-stage detection timings vs bare invoke(), RSS"),
+    ("motion", "edge_app.detect.bench_motion", "what the motion gate saves on real bursts"),
+    ("outbox", "edge_app.store.bench", "durable enqueue, drain with receipts, 10k backlog "
+     "(starts its own mosquitto)"),
+    ("lorawan", "edge_app.uplink.lorawan_bench", "LoRaWAN alert size, airtime and alerts/hour "
+     "per SF, emulated end-to-end latency (starts its own mosquitto)"),
+]
+AREA_COMMANDS: list[tuple[str, str, str]] = [
+    ("eval", "edge_app.detect.evaluate", "precision/recall of the detector on labelled images"),
+    ("models", "edge_app.detect.models_cli", "list model cards / verify model files"),
+    ("lorawan", "edge_app.uplink.lorawan_cli", "LoRaWAN payload tools: encode/decode alerts, "
+     "status and commands"),
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,6 +90,22 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
+class ThresholdsConfig:
+    animal: float = _f(0.0, "detector confidence for an animal box (0 = detector."
+                       "score_threshold)", min=0, max=1)
+    person: float = _f(0.0, "detector confidence for a person box (0 = detector."
+                       "score_threshold)", min=0, max=1)
+    vehicle: float = _f(0.0, "detector confidence for a vehicle box (0 = detector."
+                        "score_threshold)", min=0, max=1)
+    leopard: float = _f(0.0, "confidence to name a leopard (0 = detector.species_threshold)",
+                        min=0, max=1)
+    tiger: float = _f(0.0, "confidence to name a tiger (0 = detector.species_threshold)",
+                      min=0, max=1)
+    other_big_cat: float = _f(0.0, "confidence to name another big cat (0 = detector."
+                              "species_threshold)", min=0, max=1)
+
+
+@dataclass(frozen=True)
 class DetectorConfig:
     models_dir: str = _f("", "folder holding the model files (else --models or CAMTRAP_MODELS)")
     detector: str = _f("yolov8n_coco_int8_640", "model card name of the detector")
@@ -104,6 +120,15 @@ class DetectorConfig:
         0.5, "species confidence needed when the detector found nothing", min=0, max=1)
     crop_context: float = _f(0.15, "extra margin around a box for the crop classifier, as a "
                              "fraction of the box size", min=0, max=2)
+    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    motion_gate: bool = _f(False, "skip the detector on burst frames with no change against "
+                           "the pre-trigger frame (they take that frame's result)")
+    motion_size: int = _f(64, "motion gate: width in pixels of the greyscale copies compared",
+                          min=16, max=640)
+    motion_pixel_delta: int = _f(25, "motion gate: grey-level change (0-255) that counts a "
+                                 "pixel as changed", min=1, max=255)
+    motion_min_fraction: float = _f(0.002, "motion gate: a frame with fewer changed pixels "
+                                    "than this fraction counts as unchanged", min=0, max=1)
 
 
 @dataclass(frozen=True)
@@ -115,6 +140,11 @@ class PolicyConfig:
                             "every frame stays below this", min=0, max=1)
     audit_every: int = _f(20, "keep 1 in N discarded triggers locally, marked, to measure the "
                           "filter's miss rate (0 = never)", min=0)
+    vote: Literal["max", "mean", "k_of_n"] = _f(
+        "max", "how a burst's frames are combined per label/species: best frame, mean over "
+        "frames, or the k-th best frame (needs vote_k frames to agree)")
+    vote_k: int = _f(2, "k_of_n vote: frames that must detect a label/species (capped at the "
+                     "frames analysed)", min=1, max=30)
 
 
 @dataclass(frozen=True)
@@ -122,10 +152,15 @@ class StorageConfig:
     root: str = _f("/var/lib/camtrap", "where media and the database live")
     thumb_px: int = _f(320, "longest side of thumbnails", min=32, max=2048)
     thumb_quality: int = _f(70, "JPEG quality of thumbnails", min=10, max=100)
+    thumb_max_kb: float = _f(20.0, "a thumbnail larger than this is encoded again at lower "
+                             "quality, then smaller (0 = no limit)", min=0)
     min_free_mb: float = _f(64.0, "below this much free space the card is 'disk_low': stored "
                             "images, then thumbnails, are pruned (oldest first; alerts never)",
                             min=0)
     check_every_s: float = _f(60.0, "how often free space is checked (and pruned)", gt=0)
+    reserve_mb: float = _f(8.0, "space held in <root>/.reserve and released when the card is "
+                           "full and nothing is left to prune, so alerts can still be stored "
+                           "(0 = no reserve)", min=0)
 
 
 @dataclass(frozen=True)
@@ -134,7 +169,9 @@ class OutboxConfig:
     backoff_max_s: float = _f(300.0, "longest retry delay", gt=0)
     inflight_timeout_s: float = _f(60.0, "a sent message with no PUBACK after this is re-sent",
                                    gt=0)
-    max_inflight: int = _f(10, "messages awaiting PUBACK at once", min=1, max=1000)
+    max_inflight: int = _f(20, "messages awaiting PUBACK at once (capped by the broker's "
+                           "Receive Maximum; more helps on high-latency links)", min=1,
+                           max=1000)
     alert_expiry_s: float = _f(0.0, "drop undelivered alerts after this (0 = never)", min=0)
     status_expiry_s: float = _f(3600.0, "drop undelivered status messages after this "
                                 "(0 = never)", min=0)
@@ -179,10 +216,55 @@ class MqttConfig:
     media_window: int = _f(4, "chunks of one media file awaiting PUBACK at once", min=1,
                            max=64)
     max_message_bytes: int = _f(262144, "never publish a message larger than this (keep at or "
-                                "below the broker's message_size_limit)", min=1024)
+                                "below the broker's max_packet_size)", min=1024)
     send_images: bool = _f(True, "send full images (after alerts, status, events, thumbnails)")
     image_min_link_s: float = _f(30.0, "full images only go once the link has been up and "
                                  "clean (no lost message) this long", min=0)
+
+
+@dataclass(frozen=True)
+class LorawanConfig:
+    """LoRaWAN alert link (edge_app/uplink/router.py). Keys live in ``secrets_file``, never here."""
+
+    enabled: bool = _f(False, "send 11-byte alerts (and status) over a LoRaWAN AT modem")
+    module: Literal["rak3172", "wio-e5"] = _f("rak3172", "modem: RAK3172 (RUI3 AT firmware) "
+                                              "or Seeed Wio-E5")
+    port: str = _f("/dev/ttyS0", "serial port or pyserial URL of the modem")
+    baudrate: int = _f(0, "serial speed (0 = the module's default: 115200 RAK3172, 9600 "
+                       "Wio-E5)", min=0, max=921600)
+    region: Literal["RU864", "EU868"] = _f("RU864", "LoRaWAN region (band plan)")
+    secrets_file: str = _f("/etc/camtrap/lorawan.toml", "TOML with dev_eui, join_eui, app_key; "
+                           "must be mode 0600")
+    mode: Literal["always", "fallback"] = _f(
+        "always", "always: every alert also goes over LoRa (ARCHITECTURE: alerts go on every "
+        "link); fallback: only while MQTT has not delivered it (saves airtime)")
+    fallback_after_s: float = _f(60.0, "fallback: while MQTT looks connected, wait this long "
+                                 "for it to deliver before using LoRa airtime", min=0)
+    confirmed: bool = _f(True, "send alerts as confirmed uplinks (retried until ACKed)")
+    adr: bool = _f(True, "adaptive data rate (the network picks the data rate)")
+    data_rate: int = _f(0, "data rate when adr is off (DR0 = SF12 … DR5 = SF7)", min=0, max=5)
+    duty_cycle: float = _f(0.01, "duty cycle of the default channels' sub-band (a fraction)",
+                           gt=0, max=0.1)
+    fair_use: bool = _f(False, "also keep TTN's fair-use policy: 30 s airtime and 10 downlinks "
+                        "per 24 h")
+    max_attempts: int = _f(8, "transmissions of one alert before it is given up on LoRa (it "
+                           "still goes by MQTT)", min=1, max=100)
+    max_age_s: float = _f(6 * 3600.0, "alerts older than this are not sent over LoRa (stale "
+                          "news costs airtime others need)", gt=0)
+    priority: list[str] = _f(["person", "vehicle", "tiger", "leopard", "other_big_cat",
+                              "animal"], "order in which waiting alerts use the airtime (species "
+                             "or label); unlisted ones go last")
+    status_every_h: float = _f(6.0, "status report (fPort 11) every N hours (0 = never)",
+                               min=0, max=255)
+    status_reserve: int = _f(3, "a status is only sent if the airtime left in the window "
+                             "still allows this many alerts", min=0, max=100)
+    join_backoff_min_s: float = _f(30.0, "first wait after a failed join (doubles, with "
+                                   "jitter)", gt=0)
+    join_backoff_max_s: float = _f(3600.0, "longest wait between join attempts", gt=0)
+    command_timeout_s: float = _f(3.0, "an AT command with no final reply after this has "
+                                  "failed", gt=0, max=60)
+    accept_commands: bool = _f(True, "act on downlink commands (fPort 20: threshold, status, "
+                               "mode)")
 
 
 @dataclass(frozen=True)
@@ -196,6 +278,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    lorawan: LorawanConfig = field(default_factory=LorawanConfig)
 
     @property
     def mqtt_client_id(self) -> str:
@@ -315,6 +398,24 @@ def _check(cfg: Config) -> None:
         raise ConfigError("mqtt.key_file", "is required with mqtt.cert_file")
     if not m.topic_prefix or any(c in m.topic_prefix for c in "#+"):
         raise ConfigError("mqtt.topic_prefix", "must be non-empty without '#' or '+'")
+    _check_lorawan(cfg)
+
+
+def _check_lorawan(cfg: Config) -> None:
+    lw = cfg.lorawan
+    if lw.join_backoff_max_s < lw.join_backoff_min_s:
+        raise ConfigError("lorawan.join_backoff_max_s", "must be ≥ lorawan.join_backoff_min_s")
+    for i, name in enumerate(lw.priority):
+        if name not in ALERT_LABELS:
+            raise ConfigError(f"lorawan.priority[{i}]",
+                              f"unknown label {name!r} (known: {', '.join(sorted(ALERT_LABELS))})")
+    if lw.enabled and not lw.port:
+        raise ConfigError("lorawan.port", "is required when lorawan.enabled = true")
+    if lw.enabled and not lw.secrets_file:
+        raise ConfigError("lorawan.secrets_file", "is required when lorawan.enabled = true")
+    if lw.enabled and lw.mode == "fallback" and not cfg.mqtt.enabled:
+        raise ConfigError("lorawan.mode", "'fallback' needs mqtt.enabled; use 'always' for a "
+                          "LoRa-only trap")
 
 
 def parse(data: dict[str, Any]) -> Config:

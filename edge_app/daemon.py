@@ -22,7 +22,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_app import __version__
 from edge_app.capture import capture_burst
@@ -30,14 +30,19 @@ from edge_app.clock import Clock, SystemClock
 from edge_app.config import Config
 from edge_app.detect.pipeline import Pipeline, resolve_models_dir
 from edge_app.detect.policy import decide
-from edge_app.errors import ImageError, StorageError
+from edge_app.errors import StorageError
 from edge_app.events import Burst, FrameResult, TriggerEvent, Verdict
 from edge_app.hardware.camera import make_camera
 from edge_app.hardware.trigger import PirTrigger, make_pin_factory
 from edge_app.sim.world import SimWorld
 from edge_app.store.pipeline import EventStore
+from edge_app.store.retention import Housekeeper
 from edge_app.supervisor import StageQueue, Supervisor, sd_notify
+from edge_app.uplink.commands import load_settings_from_db
 from edge_app.uplink.mqtt import MqttLink
+
+if TYPE_CHECKING:
+    from edge_app.uplink.router import LoraRouter
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class Counters:
     triggers_dropped: int = 0  # gpiozero thread / capture
     frames: int = 0  # detect
     frames_failed: int = 0  # detect
+    frames_gated: int = 0  # detect: motion gate skipped inference (no change)
     empty: int = 0  # store: discarded triggers
     kept: int = 0  # store: stored triggers (alert + keep)
     alerts: int = 0  # store: alerts queued
@@ -83,10 +89,12 @@ class App:
         clock: Clock | None = None,
         pin_factory: Any = None,
     ) -> None:
-        self.cfg = cfg
         self.clock: Clock = clock or SystemClock()
         self.counters = Counters()
         Path(cfg.storage.root).mkdir(parents=True, exist_ok=True)
+        # Settings changed remotely (config/set) in an earlier run apply over the TOML file.
+        cfg = load_settings_from_db(cfg)
+        self.cfg = cfg
         # Load the models first: a wrong or missing file must stop start-up, not a thread.
         self.pipeline = Pipeline(cfg.detector, models_dir)
         self.pin_factory = (
@@ -94,17 +102,27 @@ class App:
         )
         self.camera = make_camera(cfg.camera, cfg.hardware.backend, self.clock)
         self.store = EventStore(cfg, self.clock)
-        self.link = MqttLink(cfg, self.store.db_path, self.clock) if cfg.mqtt.enabled else None
+        self.link = (
+            MqttLink(cfg, self.store.db_path, self.clock, stats_source=self.stats_extra,
+                     on_config=self.apply_config)
+            if cfg.mqtt.enabled else None
+        )
+        # LoRaWAN alerts (issue 5): its own stage, fed from the catalogue; see uplink/router.py.
+        self.lora: LoraRouter | None = self._make_lora() if cfg.lorawan.enabled else None
         self.triggers: StageQueue[TriggerEvent] = StageQueue("triggers", 8)
         self.bursts: StageQueue[Burst] = StageQueue("bursts", 4)
-        self.decided: StageQueue[tuple[Burst, Verdict]] = StageQueue("decided", 16)
+        self.decided: StageQueue[tuple[Burst, Verdict]] = StageQueue(
+            "decided", 16, drain_on_stop=True)
         self.trigger = PirTrigger(cfg.trigger, self.clock, self._on_trigger, self.pin_factory)
         self.world: SimWorld | None = None
         if cfg.hardware.backend == "sim":
             self.world = SimWorld(self.pin_factory, cfg.trigger.pin, self.camera, self.clock)
         self.supervisor = Supervisor(self.clock)
+        self.supervisor.add("housekeeping", Housekeeper(cfg, self.clock).run)
         if self.link is not None:
             self.supervisor.add("uplink", self.link.run, self.link.wake)
+        if self.lora is not None:
+            self.supervisor.add("lorawan", self.lora.run, self.lora.interrupt)
         self.supervisor.add("store", self._store_loop, self.decided.wake)
         self.supervisor.add("detect", self._detect_loop, self.bursts.wake)
         self.supervisor.add("capture", self._capture_loop, self.triggers.wake)
@@ -131,16 +149,12 @@ class App:
 
     def _detect_loop(self, stop: threading.Event) -> None:
         while (burst := self.bursts.get(stop)) is not None:
-            results: list[FrameResult | None] = []
-            for frame in burst.frames:
-                try:
-                    results.append(self.pipeline.analyse(frame.jpeg))
-                except ImageError as e:
-                    self.counters.frames_failed += 1
-                    logger.warning("frame %s of trigger %d unreadable: %s", frame.name,
-                                   burst.trigger.number, e)
-                    results.append(None)
-                self.counters.frames += 1
+            # Motion gate, detector and classifier per frame; unreadable frames come back
+            # as None (logged by the pipeline) and never count as evidence of emptiness.
+            results: list[FrameResult | None] = self.pipeline.analyse_burst(burst.frames)
+            self.counters.frames += len(results)
+            self.counters.frames_failed += sum(r is None for r in results)
+            self.counters.frames_gated += sum(r is not None and r.gated for r in results)
             verdict = decide(results, self.cfg.policy)
             logger.info("trigger %d: %s %s %s (%.2f)", burst.trigger.number, verdict.outcome,
                         verdict.label, verdict.species or "", verdict.score)
@@ -168,6 +182,8 @@ class App:
                     (self.clock.monotonic() - burst.trigger.mono) * 1000.0)
                 if self.link is not None:
                     self.link.wake()
+                if self.lora is not None and verdict.outcome == "alert":
+                    self.lora.wake()
         finally:
             self.store.close()
 
@@ -226,6 +242,55 @@ class App:
 
     def outbox_depth(self) -> int:
         return self.store.outbox_depth()
+
+    def apply_config(self, cfg: Config) -> None:
+        """A remote ``config/set`` was accepted (uplink thread): the next trigger uses it.
+
+        Stages read ``self.cfg`` (and the pipeline its ``cfg``) once per trigger, so swapping
+        the frozen objects is enough; nothing is half-applied within one burst.
+        """
+        self.cfg = cfg
+        self.store.cfg = cfg
+        self.pipeline.cfg = cfg.detector
+
+    def _make_lora(self) -> LoraRouter:
+        """The LoRaWAN router (imported only when enabled); keys are checked here, so a loose
+        secrets file stops start-up with exit 2 instead of a stage restart loop."""
+        import shutil
+
+        from edge_app.uplink import codec
+        from edge_app.uplink.commands import with_settings
+        from edge_app.uplink.mqtt import LinkState
+        from edge_app.uplink.router import LoraRouter
+
+        started = self.clock.monotonic()
+        link = self.link
+
+        def status() -> codec.Status:
+            free_mb = shutil.disk_usage(self.cfg.storage.root).free / 1e6
+            return codec.Status(
+                disk_free_gb=free_mb / 1000, outbox_depth=self.outbox_depth(),
+                uptime_min=int((self.clock.monotonic() - started) / 60),
+                disk_low=free_mb < self.cfg.storage.min_free_mb)
+
+        return LoraRouter(
+            self.cfg, self.store.db_path, self.clock,
+            mqtt_connected=None if link is None else lambda: link.state is LinkState.CONNECTED,
+            status_source=status,
+            on_settings=lambda values: self.apply_config(with_settings(self.cfg, values)))
+
+    def stats_extra(self) -> dict[str, Any]:
+        """The daemon's part of the stats message (uplink thread): counters, last 24 h, models."""
+        now = self.clock.wall()
+        out = {
+            "since_start": self.counters.snapshot(),
+            "last_24h": self.store.counts_since(now - 86400.0),
+            "models": {"detector": self.cfg.detector.detector,
+                       "classifier": self.cfg.detector.classifier or None},
+        }
+        if self.lora is not None:
+            out["lorawan"] = self.lora.stats()  # counters and the airtime budget
+        return out
 
 
 def run_daemon(cfg: Config, models: str | None = None) -> int:

@@ -107,7 +107,15 @@ class FrameResult:
         detections: boxes above threshold, best first.
         max_scores: the highest raw score seen per category and species, even below threshold;
             the decision policy uses these to tell "confidently empty" from "unsure".
-        timings_ms: stage name → milliseconds.
+        timings_ms: stage name → milliseconds (``decode``, ``detect``, ``classify``: the
+            ``detect --json`` contract).
+        stages_ms: finer stage timings for ``camtrap bench`` (``decode``, ``preprocess``,
+            ``invoke``, ``postprocess``, ``classify``; ``gate`` for a gated frame); not part
+            of the JSON.
+        gated: True when the motion gate found no change against the pre-trigger frame and
+            this result is that frame's, taken over without running the models.
+        motion: fraction of the small greyscale copy that changed against the pre-trigger
+            frame (None when the gate did not look at this frame).
     """
 
     label: Label
@@ -116,6 +124,9 @@ class FrameResult:
     detections: tuple[Detection, ...]
     max_scores: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    gated: bool = False
+    motion: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``camtrap detect --json`` object without the ``file`` key."""

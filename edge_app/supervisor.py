@@ -43,10 +43,13 @@ class StageQueue(Generic[T]):
     producer is told to stop.
     """
 
-    def __init__(self, name: str, maxsize: int) -> None:
+    def __init__(self, name: str, maxsize: int, drain_on_stop: bool = False) -> None:
         self.name = name
         self._q: queue.Queue[T | _Wake] = queue.Queue(maxsize)
         self.dropped = 0
+        # For items that must not be lost at a clean stop (decided events): the consumer
+        # still gets what is queued after its stop event is set, then None.
+        self._drain_on_stop = drain_on_stop
 
     def put_drop_oldest(self, item: T) -> bool:
         """Enqueue without blocking; returns False if an older item had to be dropped."""
@@ -66,7 +69,14 @@ class StageQueue(Generic[T]):
                     logger.warning("queue %s full: dropped the oldest item", self.name)
 
     def put_wait(self, item: T, stop: threading.Event) -> bool:
-        """Block until there is room; False if ``stop`` was set first (item not queued)."""
+        """Block until there is room; False if ``stop`` was set first (item not queued).
+
+        If there is room the item is queued even when ``stop`` is already set: a producer
+        stopping with one finished item must not drop it while the consumer still runs.
+        """
+        with contextlib.suppress(queue.Full):
+            self._q.put_nowait(item)
+            return True
         while not stop.is_set():
             try:
                 self._q.put(item, timeout=0.5)
@@ -79,11 +89,20 @@ class StageQueue(Generic[T]):
         """Block until an item arrives; None once ``stop`` is set (no polling while idle)."""
         while True:
             if stop.is_set():
-                return None
+                return self._drain() if self._drain_on_stop else None
             item = self._q.get()
             if isinstance(item, _Wake):
                 continue
             return item
+
+    def _drain(self) -> T | None:
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return None
+            if not isinstance(item, _Wake):
+                return item
 
     def wake(self) -> None:
         """Unblock a consumer waiting in :meth:`get` so it can see its stop event."""

@@ -28,7 +28,7 @@ def cfg_data(root: Path, port: int = 1883, **sections: dict[str, Any]) -> dict[s
         "storage": {"root": str(root)},
         "outbox": {"backoff_min_s": 0.2, "backoff_max_s": 1.0},
         "mqtt": {"host": "127.0.0.1", "port": port, "tls": False, "keepalive_s": 10,
-                 "reconnect_min_s": 1.0, "reconnect_max_s": 1.0},
+                 "reconnect_min_s": 1.0, "reconnect_max_s": 1.0, "image_min_link_s": 0.0},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

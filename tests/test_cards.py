@@ -51,9 +51,17 @@ def dump(data: dict[str, Any]) -> str:
     return "\n".join(top) + "\n\n" + "\n\n".join(tables) + "\n"
 
 
-def test_repo_has_the_three_cards() -> None:
+def test_repo_has_a_card_for_every_model_in_the_pack() -> None:
     assert set(CARDS) >= {YOLO, "yolov8n_coco_int8io_float_320",
-                          "mobilenet_v2_imagenet_uint8_224"}
+                          "mobilenet_v2_imagenet_uint8_224",
+                          "ssd_mobilenet_v2_fpnlite_coco_uint8_256",
+                          "mobilenet_v1_embedding_uint8_224"}
+
+
+@pytest.mark.models
+def test_every_tflite_in_the_pack_has_a_card(models_dir: Path) -> None:
+    carded = {load_card(REPO_MODELS / f"{n}.toml").file for n in CARDS}
+    assert {p.name for p in models_dir.glob("*.tflite")} <= carded
 
 
 @pytest.mark.models
@@ -69,9 +77,14 @@ def test_repo_cards_match_the_model_pack(name: str, models_dir: Path) -> None:
         assert cmap.names[int(cmap.category_classes[1][0])] == "person"
         assert len(cmap.category_classes[0]) == 10  # bird..giraffe
         assert len(cmap.category_classes[2]) == 5
-    else:
+        assert "background" not in [cmap.names[i] for i in cmap.mapped_classes]
+    elif card.task == "classifier":
         assert [len(c) for c in cmap.species_classes] == [4, 1, 3]
         assert "tiger cat" not in [cmap.names[i] for i in cmap.species_classes[1]]
+    else:
+        assert card.task == "embedding"
+        assert labels == ()
+        assert card.output.params["dims"] == 1024
 
 
 @pytest.mark.models
@@ -122,6 +135,45 @@ def test_bad_cards_name_the_key(tmp_path: Path, change: Any, match: str) -> None
     assert str(tmp_path / "c.toml") in str(e.value)
 
 
+SSD_CARD = "ssd_mobilenet_v2_fpnlite_coco_uint8_256"
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda d: d["output"].pop("encoding"), r"output\.encoding: is required"),
+    (lambda d: d["output"].update(encoding="diagonal"), r"output\.encoding: must be one of"),
+    (lambda d: d["output"].update(variances=[0.1, 0.2]), r"output\.variances: must be 4"),
+    (lambda d: d["output"].update(variances=[0.1, 0.1, 0.2, -1]), r"variances"),
+    (lambda d: d["output"].update(outputs=["scores", "boxes", "boxes"]),
+     r"output\.outputs: must list each of"),
+    (lambda d: d["output"].update(activation="relu"), r"output\.activation"),
+    (lambda d: d.pop("labels"), r"labels: is required"),
+])
+def test_bad_ssd_cards_name_the_key(tmp_path: Path, change: Any, match: str) -> None:
+    data = card_data(SSD_CARD)
+    change(data)
+    with pytest.raises(ModelError, match=match):
+        parse_card(data, SSD_CARD, tmp_path / "c.toml")
+
+
+def test_embedding_and_postprocess_cards(tmp_path: Path) -> None:
+    data = card_data("mobilenet_v1_embedding_uint8_224")
+    card = parse_card(data, "e", tmp_path / "e.toml")
+    assert (card.task, card.labels, card.output.params) == ("embedding", "", {"dims": 1024})
+    data["output"].pop("dims")
+    with pytest.raises(ModelError, match=r"output\.dims: is required"):
+        parse_card(data, "e", tmp_path / "e.toml")
+    pp = card_data()
+    pp["output"] = {"format": "tflite_postprocess", "label_offset": 1}
+    card = parse_card(pp, "p", tmp_path / "p.toml")
+    assert card.output.params == {"label_offset": 1,
+                                  "outputs": ["boxes", "classes", "scores", "count"]}
+    pp["output"]["outputs"] = ["scores", "boxes", "count", "classes"]  # TF2 export order
+    assert parse_card(pp, "p", tmp_path / "p.toml").output.params["outputs"][0] == "scores"
+    pp["output"]["outputs"] = ["boxes"]
+    with pytest.raises(ModelError, match="must list each of"):
+        parse_card(pp, "p", tmp_path / "p.toml")
+
+
 def test_card_not_toml(tmp_path: Path) -> None:
     p = tmp_path / "x.toml"
     p.write_text("schema = = 1")
@@ -131,7 +183,7 @@ def test_card_not_toml(tmp_path: Path) -> None:
 
 def test_format_table_is_consistent() -> None:
     for name, spec in FORMATS.items():
-        assert spec.task in ("detector", "classifier"), name
+        assert spec.task in ("detector", "classifier", "embedding"), name
         for key in spec.choices:
             assert key in spec.params, (name, key)
 

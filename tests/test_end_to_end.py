@@ -42,7 +42,8 @@ def trap_config(root: Path, images: Path, port: int, **mqtt: Any) -> config.Conf
                    "audit_every": 0},
         "storage": {"root": str(root)},
         "outbox": {"backoff_min_s": 0.2, "backoff_max_s": 1.0},
-        "mqtt": {"host": "127.0.0.1", "port": port, "tls": False, "keepalive_s": 5, **mqtt},
+        "mqtt": {"host": "127.0.0.1", "port": port, "tls": False, "keepalive_s": 5,
+                 "image_min_link_s": 0.0, **mqtt},
     })
 
 

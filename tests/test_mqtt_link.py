@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from conftest import Broker
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from store_support import burst_and_verdict, cfg_data, make_cfg, wait_for
 
 from edge_app.config import Config
@@ -30,7 +30,7 @@ from edge_app.ranger import Receiver
 from edge_app.sim.broker import PrivateBroker, find_mosquitto
 from edge_app.store.outbox import State
 from edge_app.store.pipeline import EventStore
-from edge_app.uplink.mqtt import LinkState, MqttLink
+from edge_app.uplink.mqtt import LinkState, MqttLink, new_properties
 
 pytestmark = pytest.mark.broker
 
@@ -122,8 +122,14 @@ def states(store: EventStore) -> dict[str, int]:
 
 
 def all_sent(store: EventStore) -> bool:
+    """Everything left the trap (receipts may still be on their way)."""
     s = states(store)
     return s["ready"] == 0 and s["inflight"] == 0 and s["sent"] > 0
+
+
+def delivered(store: EventStore) -> bool:
+    """Everything reached the receiver: nothing waits for a PUBACK or a receipt."""
+    return all_sent(store) and states(store)["acked-by-broker"] == 0
 
 
 def test_alerts_arrive_once_with_media_and_rows_are_marked_sent(
@@ -185,6 +191,7 @@ def test_broker_outage_keeps_rows_ready_then_delivers_everything(
         try:
             store.record(*burst_and_verdict("alert"))
             wait_for(lambda: ranger.ids() == ["T-1-1"], what="first alert")
+            wait_for(lambda: delivered(store), what="the receipt for it")
             broker.kill()  # the base station loses power
             wait_for(lambda: run.link.state is LinkState.DISCONNECTED, what="link down")
             for _ in range(3):
@@ -308,7 +315,8 @@ def test_a_refused_publish_is_retried_later_never_marked_sent(tmp_path: Path) ->
             try:
                 wait_for(lambda: run.link.stats().failed >= 2, what="media refused")
                 rows = {r.kind: r for r in store.outbox.ls(10)}
-                assert rows["alert"].state == State.SENT
+                # No receiver runs here: the alert waits for its end-to-end receipt.
+                assert rows["alert"].state == State.ACKED
                 for kind in ("thumb", "image"):
                     row = rows[kind]
                     assert row.state == State.READY  # not sent: the broker said no
@@ -337,7 +345,7 @@ def test_a_media_row_whose_file_is_gone_is_dead_not_stuck(
         assert rows["image"].state == State.DEAD
         assert rows["image"].last_error is not None
         assert rows["image"].last_error.startswith("media unreadable")
-        assert rows["alert"].state == State.SENT
+        assert rows["alert"].state == State.ACKED  # no receiver here: waits for a receipt
         assert rows["thumb"].state == State.SENT
     finally:
         run.stop()
@@ -357,7 +365,6 @@ def _make_certs(d: Path) -> None:
         "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 def test_alerts_go_over_tls_when_configured(tmp_path: Path) -> None:
     exe = find_mosquitto()
     assert exe is not None
@@ -417,3 +424,254 @@ def test_rows_in_flight_when_the_trap_died_are_sent_after_restart(
             assert row.attempts == 2  # the lost attempt and the one after restart
         finally:
             run.stop()
+
+
+# -- credentials -------------------------------------------------------------------------
+
+
+def test_a_password_file_other_users_can_read_is_refused_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    pw = tmp_path / "mqtt-password"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o644)
+    cfg = make_cfg(tmp_path / "data", 1, mqtt={"password_file": str(pw)})
+    with pytest.raises(ConfigError, match="chmod 600") as e:
+        MqttLink(cfg, tmp_path / "camtrap.db")
+    assert e.value.key == "mqtt.password_file"
+    pw.chmod(0o600)
+    link = MqttLink(cfg, tmp_path / "camtrap.db")
+    assert link.username == "T-1"  # the unit id, which the broker's ACL pattern expects
+    pw.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        MqttLink(cfg, tmp_path / "camtrap.db")
+    missing = make_cfg(tmp_path / "data", 1, mqtt={"password_file": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match="cannot read"):
+        MqttLink(missing, tmp_path / "camtrap.db")
+
+
+def test_camtrap_run_exits_2_naming_the_key_before_loading_anything(tmp_path: Path) -> None:
+    pw = tmp_path / "mqtt-password"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o640)
+    cfg = tmp_path / "trap.toml"
+    cfg.write_text(f"""
+[unit]
+id = "LL-042"
+[hardware]
+backend = "sim"
+[camera]
+source = "synthetic"
+[storage]
+root = "{tmp_path / 'data'}"
+[mqtt]
+host = "127.0.0.1"
+tls = false
+password_file = "{pw}"
+""")
+    r = subprocess.run([sys.executable, "-m", "edge_app", "run", "--config", str(cfg),
+                        "--models", str(tmp_path / "no-models")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "mqtt.password_file" in r.stderr
+    assert "0640" in r.stderr
+
+
+# -- receipts ----------------------------------------------------------------------------
+
+
+def test_an_alert_without_a_receipt_is_sent_again_until_one_comes(
+    tmp_path: Path, broker: Broker
+) -> None:
+    cfg = make_cfg(tmp_path / "data", broker.port,
+                   outbox={"receipt_timeout_s": 0.5, "receipt_timeout_max_s": 1.0},
+                   mqtt={"send_images": False})
+    deaf = Collector(broker.port, "ranger-no-receipts")
+    deaf.receiver.receipts = False  # a receiver that stores nothing and confirms nothing
+    with deaf, EventStore(cfg) as store:
+        run = RunningLink(cfg, store.db_path)
+        store.notify = run.link.wake
+        try:
+            store.record(*burst_and_verdict("alert"))
+            wait_for(lambda: deaf.ids() == ["T-1-1"], what="the alert")
+            alert = next(r for r in store.outbox.ls(10) if r.kind == "alert")
+            wait_for(lambda: (store.outbox.get(alert.id).attempts  # type: ignore[union-attr]
+                              >= 3), what="resends")
+            assert deaf.receiver.stats.duplicates >= 1  # same id: shown once
+            assert deaf.ids() == ["T-1-1"]
+            raw = RawClient(broker.port)
+            raw.publish("camtrap/T-1/ack", b"not json")  # ignored, logged
+            raw.publish("camtrap/T-1/ack", json.dumps({"ids": ["T-1-1"]}).encode())
+            raw.close()
+            wait_for(lambda: delivered(store), what="the receipt to close it")
+            assert run.link.stats().receipts == 1
+        finally:
+            run.stop()
+
+
+# -- commands and stats over MQTT ----------------------------------------------------------
+
+
+def test_commands_and_stats_over_mqtt(tmp_path: Path, broker: Broker) -> None:
+    cfg = make_cfg(tmp_path / "data", broker.port, mqtt={"stats_interval_s": 0.5})
+    results: list[dict[str, Any]] = []
+    stats: list[dict[str, Any]] = []
+    applied: list[Config] = []
+    with EventStore(cfg) as store, Receiver(
+        "127.0.0.1", broker.port, client_id="ranger-cmd",
+        on_result=lambda unit, body: results.append(body),
+        on_stats=lambda unit, body: stats.append(body),
+    ) as ranger:
+        assert ranger.wait_connected(10)
+        run = RunningLink(cfg, store.db_path)
+        run.link._on_config = applied.append
+        store.notify = run.link.wake
+        try:
+            wait_for(lambda: len(stats) >= 2, what="periodic stats")
+            s = stats[-1]
+            assert s["unit"] == "T-1"
+            assert s["disk_low"] is False
+            assert s["disk_free_bytes"] > 0
+            assert set(s["outbox"]) == {"alert", "status", "event", "thumb", "image"}
+            assert s["links"]["mqtt"]["state"] == "connected"
+            ok = ranger.send_command("T-1", "config/set",
+                                     {"values": {"mqtt.stats_interval_s": 3600}})
+            bad = ranger.send_command("T-1", "config/set",
+                                      {"values": {"mqtt.host": "evil.example"}})
+            unknown = ranger.send_command("T-1", "self-destruct", {})
+            raw = RawClient(broker.port)
+            raw.publish("camtrap/T-1/cmd/resend", b"{{{")
+            raw.close()
+            wait_for(lambda: len(results) == 4, what="four results")
+            by_id = {r["id"]: r for r in results}
+            assert by_id[ok]["ok"] is True
+            assert "cannot be set remotely" in by_id[bad]["error"]
+            assert "unknown command" in by_id[unknown]["error"]
+            assert by_id[None]["error"] == "payload is not JSON"
+            assert run.link.cfg.mqtt.stats_interval_s == 3600
+            assert [c.mqtt.stats_interval_s for c in applied] == [3600]
+            assert run.link.cfg.mqtt.host == "127.0.0.1"
+        finally:
+            run.stop()
+
+
+# -- media --------------------------------------------------------------------------------
+
+
+def test_a_receiver_asks_for_missing_chunks_and_gets_only_those(
+    tmp_path: Path, broker: Broker
+) -> None:
+    cfg = make_cfg(tmp_path / "data", broker.port, mqtt={"chunk_bytes": 1024})
+    stored: list[tuple[str, Path]] = []
+    with EventStore(cfg) as store:
+        store.record(*burst_and_verdict("alert"))
+        record = store.catalog.get("T-1-1")
+        assert record is not None
+        assert record.image_path is not None
+        data = (store.root / record.image_path).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        of = -(-len(data) // 1024)
+        assert of >= 3
+        # Deliver the event and its media first (to a receiver that stores).
+        with Receiver("127.0.0.1", broker.port, client_id="ranger-media",
+                      store_dir=tmp_path / "ranger-a") as first:
+            assert first.wait_connected(10)
+            run = RunningLink(cfg, store.db_path)
+            store.notify = run.link.wake
+            wait_for(lambda: delivered(store) and first.stats.media_stored == 2,
+                     what="event and media delivered")
+            saved = tmp_path / "ranger-a" / "media" / "T-1" / "T-1-1-image.jpg"
+            assert saved.read_bytes() == data
+            # A second receiver got only chunks 0 and 2 of the image (say, it was away).
+            chunks = RawClient(broker.port, subscribe="camtrap/T-1/media/#")
+            late = Receiver("127.0.0.1", broker.port, client_id="ranger-late",
+                            store_dir=tmp_path / "ranger-b", media_timeout_s=0.3,
+                            on_media=lambda unit, mid, path: stored.append((mid, path)))
+            late.start()
+            try:
+                assert late.wait_connected(10)
+                raw = RawClient(broker.port)
+                for i in (0, 2):
+                    props = new_properties(PacketTypes.PUBLISH)
+                    props.UserProperty = [("event", "T-1-1"), ("chunk", str(i)),
+                                          ("of", str(of)), ("sha256", digest)]
+                    raw.c.publish(f"camtrap/T-1/media/T-1-1-image/{i}",
+                                  data[i * 1024:(i + 1) * 1024], qos=1,
+                                  properties=props).wait_for_publish(5)
+                raw.close()
+                wait_for(lambda: len(stored) == 1, what="the late receiver to complete it")
+                assert stored[0][0] == "T-1-1-image"
+                assert stored[0][1].read_bytes() == data  # reassembled, sha256 checked
+                assert late.stats.media_requests == 1
+            finally:
+                late.stop()
+                run.stop()
+            resent = sorted(int(m.topic.rsplit("/", 1)[1]) for m in chunks.messages
+                            if m.topic.startswith("camtrap/T-1/media/T-1-1-image/"))
+            chunks.close()
+            # 0 and 2 came from the test; the trap sent the missing ones, each once, no more.
+            assert sorted(resent) == list(range(of))
+
+
+def test_an_alert_queued_during_an_image_transfer_overtakes_it(
+    tmp_path: Path, broker: Broker
+) -> None:
+    from chaos_support import TcpProxy
+
+    proxy = TcpProxy(broker.port)
+    proxy.slow(rate_bytes_s=40_000, latency_s=0.02)
+    cfg = make_cfg(tmp_path / "data", proxy.port,
+                   mqtt={"chunk_bytes": 512, "media_window": 2})
+    watch = RawClient(broker.port, subscribe="camtrap/T-1/#")
+    try:
+        with EventStore(cfg) as store:
+            run = RunningLink(cfg, store.db_path)
+            store.notify = run.link.wake
+            try:
+                store.record(*burst_and_verdict("alert"))
+                first_image = "camtrap/T-1/media/T-1-1-image/"
+                wait_for(lambda: any(m.topic.startswith(first_image)
+                                     for m in watch.messages), what="the image transfer")
+                store.record(*burst_and_verdict("alert"))
+                wait_for(lambda: all_sent(store), timeout_s=30, what="everything sent")
+            finally:
+                run.stop()
+        topics = [m.topic for m in watch.messages]
+        last_chunk = max(i for i, t in enumerate(topics) if t.startswith(first_image))
+        second_alert = next(i for i, m in enumerate(watch.messages)
+                            if m.topic == "camtrap/T-1/event"
+                            and json.loads(m.payload)["id"] == "T-1-2")
+        assert second_alert < last_chunk  # it did not wait for the whole image
+    finally:
+        watch.close()
+        proxy.close()
+
+
+def test_a_message_larger_than_the_broker_accepts_is_dead_not_retried_forever(
+    store: EventStore, broker: Broker
+) -> None:
+    big = store.outbox.enqueue("alert", "camtrap/T-1/event", payload=b"x" * 300_000)
+    run = RunningLink(store.cfg, store.db_path)
+    try:
+        wait_for(lambda: store.outbox.get(big).state == State.DEAD,  # type: ignore[union-attr]
+                 what="the oversized row given up")
+        row = store.outbox.get(big)
+        assert row is not None
+        assert row.last_error is not None
+        assert "larger than the broker accepts" in row.last_error
+        assert run.link.stats().dropped == 1
+    finally:
+        run.stop()
+
+
+def test_bench_outbox_json_contract(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "edge_app", "bench", "outbox", "--json",
+                        "--backlog", "300", "--burst", "200", "--dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert {"enqueue_per_s", "drain_per_s", "backlog_10k_drain_s", "lost",
+            "duplicates"} <= set(out)
+    assert out["lost"] == 0
+    assert out["enqueue_per_s"] > 0
+    assert out["drain_per_s"] > 0

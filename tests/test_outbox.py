@@ -181,7 +181,8 @@ def test_mark_sent_batches_and_ignores_finished_rows(
     assert box.mark_sent(ids) == 3
     assert box.mark_sent(ids) == 0
     assert box.mark_failed(ids[0], None, "late") is None  # a sent row stays sent
-    assert box.stats()["alert"] == {"ready": 0, "inflight": 0, "sent": 3, "dead": 0}
+    assert box.stats()["alert"] == {"ready": 0, "inflight": 0, "acked-by-broker": 0, "sent": 3,
+                                    "dead": 0}
 
 
 def test_expired_alerts_become_dead_and_are_not_served(
@@ -282,3 +283,135 @@ def test_store_cli_reports_the_outbox(tmp_path: Path, clock: FakeClock) -> None:
     out = io.StringIO()
     assert outbox_command(cfg, "purge", out) == 0
     assert out.getvalue() == "purged 1 sent message(s)\n"
+
+
+def test_receipts_hold_an_alert_until_the_receiver_confirms_it(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock, receipt_timeout_s=10.0, receipt_timeout_max_s=25.0)
+    add_event(conn, "T-1-1")
+    rid = box.enqueue(Kind.ALERT, "t", payload=b"a", event_id="T-1-1")
+    timeouts = []
+    for _ in range(3):
+        box.mark_inflight(rid)
+        assert box.mark_acked([rid]) == 1  # the broker's PUBACK
+        row = box.get(rid)
+        assert row is not None
+        assert row.state == State.ACKED
+        timeouts.append(row.next_attempt_at - clock.wall())
+        assert box.due() == []  # not sent again before its time
+        assert box.depth()["alert"] == 1  # still owed to the receiver
+        clock.advance(timeouts[-1] - 1)
+        assert box.requeue_unreceipted() == 0
+        clock.advance(1)
+        assert box.requeue_unreceipted() == 1  # no receipt in time: send it again
+        assert [r.id for r in box.due()] == [rid]
+    assert timeouts == [10.0, 20.0, 25.0]  # doubling, capped
+    box.mark_inflight(rid)
+    # The receipt can overtake the PUBACK; unknown ids are ignored.
+    assert box.mark_received(["T-1-1", "T-1-77"]) == [(rid, "alert")]
+    assert box.mark_received(["T-1-1"]) == []
+    assert box.mark_acked([rid]) == 0  # a late PUBACK does not undo the receipt
+    row = box.get(rid)
+    assert row is not None
+    assert row.state == State.SENT
+    assert row.attempts == 4
+
+
+def test_expiry_is_per_kind(conn: sqlite3.Connection, clock: FakeClock) -> None:
+    box = make_box(conn, clock, status_expiry_s=60.0, image_expiry_s=3600.0,
+                   alert_expiry_s=0.0, thumb_expiry_s=0.0)
+    now = clock.wall()
+    status = box.enqueue(Kind.STATUS, "t", payload=b"s")
+    image = box.enqueue(Kind.IMAGE, "t", media_path="i.jpg")
+    alert = box.enqueue(Kind.ALERT, "t", payload=b"a")
+    thumb = box.enqueue(Kind.THUMB, "t", media_path="t.jpg")
+    forever = box.enqueue(Kind.IMAGE, "t", media_path="j.jpg", expires_at=None)
+    got = {rid: box.get(rid).expires_at for rid in (status, image, alert, thumb, forever)}  # type: ignore[union-attr]
+    assert got == {status: now + 60, image: now + 3600, alert: None, thumb: None,
+                   forever: None}
+    clock.advance(61)
+    assert status not in [r.id for r in box.due(limit=10)]
+    nxt = box.next_ready_at()
+    assert nxt is not None  # the expired status row does not keep anyone awake
+    assert box.expire() == 1
+
+
+def test_a_retried_media_row_keeps_its_missing_chunks_and_gives_up_after_n_tries(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock, max_media_attempts=3)
+    img = box.enqueue(Kind.IMAGE, "t/m", media_path="i.jpg", chunks=[5, 1, 3])
+    alert = box.enqueue(Kind.ALERT, "t", payload=b"a")
+    assert box.get(img).chunks == [1, 3, 5]  # type: ignore[union-attr]
+    box.mark_inflight(img)
+    assert box.requeue(img, None, "no acknowledgement", chunks=[3, 5]) == State.READY
+    assert box.get(img).chunks == [3, 5]  # type: ignore[union-attr]
+    box.mark_inflight(img)
+    assert box.mark_failed(img, None, "refused") is not None
+    box.mark_inflight(img)
+    assert box.requeue(img, None, "no acknowledgement") == State.DEAD
+    row = box.get(img)
+    assert row is not None
+    assert row.last_error is not None
+    assert row.last_error.startswith("gave up after 3 attempts")
+    for _ in range(20):  # an alert is never given up
+        box.mark_inflight(alert)
+        assert box.requeue(alert, None, "no acknowledgement") == State.READY
+
+
+def test_images_can_be_held_back_without_waking_the_link(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock)
+    box.enqueue(Kind.IMAGE, "t/m", media_path="i.jpg")
+    assert box.due(max_priority=3) == []
+    assert box.next_ready_at(max_priority=3) is None
+    assert box.next_ready_at() == clock.wall()
+
+
+def test_resend_requeues_finished_events_and_rebuilds_purged_rows(
+    conn: sqlite3.Connection, clock: FakeClock
+) -> None:
+    box = make_box(conn, clock)
+    for i in (1, 2, 3):
+        add_event(conn, f"T-1-{i}")
+    a1 = box.enqueue(Kind.ALERT, "camtrap/T-1/event", payload=b"1", event_id="T-1-1")
+    a2 = box.enqueue(Kind.ALERT, "camtrap/T-1/event", payload=b"2", event_id="T-1-2")
+    for rid in (a1, a2):
+        box.mark_inflight(rid)
+        box.mark_sent(rid)
+    conn.execute("DELETE FROM outbox WHERE id = ?", (a2,))  # purged long ago
+    assert box.resend_events(["T-1-1", "T-1-2", "T-1-9"]) == ["T-1-1", "T-1-2"]
+    due = {r.event_id: r for r in box.due()}
+    assert set(due) == {"T-1-1", "T-1-2"}
+    assert due["T-1-1"].id == a1
+    assert due["T-1-2"].payload == b"{}"  # rebuilt from the catalogue's event JSON
+    assert due["T-1-2"].topic == "camtrap/T-1/event"
+
+
+def test_outbox_cli_filters_and_refuses_to_purge_unsent_rows(
+    tmp_path: Path, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+    import json
+
+    from edge_app.store.cli import outbox_command
+
+    cfg = make_cfg(tmp_path)
+    conn = open_db(tmp_path / "camtrap.db")
+    box = make_box(conn, clock)
+    box.enqueue(Kind.ALERT, "t", payload=b"a")
+    box.enqueue(Kind.THUMB, "t/m", media_path="m.jpg")
+    conn.close()
+    out = io.StringIO()
+    assert outbox_command(cfg, "ls", out, as_json=True, kinds=["thumb"]) == 0
+    assert [json.loads(line)["kind"] for line in out.getvalue().splitlines()] == ["thumb"]
+    assert outbox_command(cfg, "purge", io.StringIO(), states=["ready"]) == 2
+    assert "refusing" in capsys.readouterr().err
+    out = io.StringIO()
+    assert outbox_command(cfg, "stats", out, as_json=True) == 0
+    body = json.loads(out.getvalue())
+    assert body["depth"]["alert"] == 1
+    assert body["rows"]["thumb"]["ready"] == 1
+    assert isinstance(body["disk_low"], bool)

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edge_app.config import PolicyConfig
-from edge_app.detect.policy import VOTES, decide, vote_max
+from edge_app.detect.policy import (
+    VOTES,
+    Evidence,
+    decide,
+    make_vote_k_of_n,
+    vote_for,
+    vote_max,
+    vote_mean,
+)
 from edge_app.events import CATEGORIES, SPECIES, Detection, FrameResult
 
 POLICY = PolicyConfig()  # alert on leopard, tiger, person, vehicle; empty below 0.15
@@ -138,4 +148,42 @@ def test_vote_max_and_registry() -> None:
     assert votes["animal"].frame == 0  # earliest frame wins a tie
     assert votes["person"].score == 0.5
     assert votes["person"].frame == 3
-    assert VOTES["max"] is vote_max
+    assert vote_for(PolicyConfig()) is vote_max
+    assert set(VOTES) == {"max", "mean", "k_of_n"}
+
+
+def test_vote_mean_counts_missing_as_zero_and_skips_unread_frames() -> None:
+    votes = vote_mean([frame(det("person", 0.9)), frame(), None, frame(det("person", 0.3))])
+    assert votes["person"].score == pytest.approx(0.4)  # (0.9 + 0 + 0.3) / 3 analysed
+    assert votes["person"].frame == 0  # still the best frame's boxes
+
+
+def test_vote_k_of_n_needs_k_frames() -> None:
+    vote = make_vote_k_of_n(2)
+    one = vote([frame(det("person", 0.9)), frame(), frame()])
+    assert "person" not in one  # a single frame's person is not enough
+    two = vote([frame(det("person", 0.9)), frame(det("person", 0.4)), frame()])
+    assert two["person"] == Evidence(0.4, 0)  # k-th best score, best frame
+    short = vote([frame(det("person", 0.7)), None, None])  # only one frame was read
+    assert short["person"].score == 0.7
+    with pytest.raises(ValueError, match="k must be"):
+        make_vote_k_of_n(0)
+
+
+def test_policy_vote_drives_decide() -> None:
+    burst = [frame(det("person", 0.8)), frame(), frame()]
+    assert decide(burst, PolicyConfig()).outcome == "alert"
+    k2 = decide(burst, PolicyConfig(vote="k_of_n", vote_k=2))
+    # One frame of three saw a person: not an alert under 2-of-n, but never discarded.
+    assert (k2.outcome, k2.label) == ("keep", "empty")
+    mean = decide(burst, PolicyConfig(vote="mean"))
+    assert (mean.outcome, mean.label) == ("alert", "person")
+    assert mean.score == pytest.approx(0.8 / 3)
+
+
+@pytest.mark.parametrize("vote", ["max", "mean", "k_of_n"])
+def test_no_vote_turns_a_detection_into_a_discard(vote: str) -> None:
+    for burst in ([frame(det("animal", 0.3)), frame(), frame()],
+                  [frame(det("animal", 0.9, "leopard", 0.4)), frame(), None]):
+        v = decide(burst, PolicyConfig(vote=vote, vote_k=3))
+        assert v.outcome != "discard", (vote, v)

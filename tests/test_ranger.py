@@ -96,3 +96,56 @@ def test_camtrap_alerts_prints_one_line_per_alert(
         assert lines[0].endswith("T-1-1")
         assert " person  score 0.70 " in lines[0]
         assert " animal tiger 0.90 " in lines[1]
+
+
+def test_alerts_password_file_must_be_private(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_app.ranger import AlertsOptions
+
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    pw.chmod(0o644)
+    opts = AlertsOptions(password_file=str(pw))
+    assert run_alerts("127.0.0.1:1883", False, io.StringIO(), options=opts) == 2
+    assert "chmod 600" in capsys.readouterr().err
+
+
+@pytest.mark.broker
+def test_a_receiver_with_a_store_remembers_across_restarts_and_confirms_again(
+    tmp_path: Path, broker: Broker
+) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    acks: list[bytes] = []
+    unit = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fake-unit",
+                       protocol=mqtt.MQTTv5)
+    unit.on_message = lambda c, u, m: acks.append(bytes(m.payload))
+    unit.connect("127.0.0.1", broker.port)
+    unit.loop_start()
+    unit.subscribe("camtrap/LL-042/ack", qos=1)
+    shown: list[str] = []
+    try:
+        for run in range(2):
+            with Receiver("127.0.0.1", broker.port, client_id="ranger-store",
+                          store_dir=tmp_path / "ranger",
+                          on_alert=lambda e: shown.append(e["id"])) as r:
+                assert r.wait_connected(10)
+                unit.publish("camtrap/LL-042/event", json.dumps(EVENT).encode(),
+                             qos=1).wait_for_publish(5)
+                wait_for(lambda n=run: len(acks) == n + 1, what="a receipt")  # type: ignore[misc]
+                assert r.store is not None
+                assert r.store.event_count() == 1
+        assert shown == ["LL-042-17"]  # shown once, although received twice
+        assert [json.loads(a) for a in acks] == [{"ids": ["LL-042-17"]}] * 2
+    finally:
+        unit.disconnect()
+        unit.loop_stop()
+    from edge_app.ranger_store import RangerStore
+
+    store = RangerStore(tmp_path / "ranger")
+    try:
+        assert store.duplicates() == 1
+    finally:
+        store.close()

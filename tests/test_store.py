@@ -54,6 +54,68 @@ def test_a_database_from_a_newer_camtrap_is_refused(tmp_path: Path) -> None:
         open_db(path)
 
 
+# The schema of camtrap 0.1 (v1), as units in the field have it.
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE counters (unit TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE tallies (name TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE events (
+    id TEXT PRIMARY KEY, unit TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('alert', 'keep', 'discard')),
+    label TEXT NOT NULL, species TEXT, score REAL NOT NULL, audit INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '', event_json TEXT NOT NULL, image_path TEXT,
+    thumb_path TEXT, created REAL NOT NULL, UNIQUE (unit, seq));
+CREATE INDEX events_ts ON events (ts);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY, event_id TEXT REFERENCES events (id) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('alert', 'status', 'event', 'thumb', 'image')),
+    priority INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB, media_path TEXT,
+    created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL, expires_at REAL,
+    state TEXT NOT NULL DEFAULT 'ready'
+        CHECK (state IN ('ready', 'inflight', 'sent', 'dead')),
+    inflight_since REAL, done_at REAL, last_error TEXT,
+    CHECK (payload IS NOT NULL OR media_path IS NOT NULL));
+CREATE INDEX outbox_service ON outbox (state, priority, id);
+CREATE INDEX outbox_event ON outbox (event_id);
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO counters VALUES ('T-1', 2);
+INSERT INTO events (id, unit, seq, ts, outcome, label, score, event_json, created)
+    VALUES ('T-1-1', 'T-1', 1, 1.0, 'alert', 'animal', 0.9, '{"id": "T-1-1"}', 1.0),
+           ('T-1-2', 'T-1', 2, 2.0, 'keep', 'animal', 0.4, '{"id": "T-1-2"}', 2.0);
+INSERT INTO outbox (event_id, kind, priority, topic, payload, media_path, created,
+                    attempts, next_attempt_at, state)
+    VALUES ('T-1-1', 'alert', 0, 'camtrap/T-1/event', X'7B7D', NULL, 1.0, 1, 1.0, 'inflight'),
+           ('T-1-1', 'thumb', 3, 'camtrap/T-1/media/T-1-1-thumb', NULL, 'a.jpg', 1.0, 0, 1.0,
+            'ready'),
+           ('T-1-2', 'event', 2, 'camtrap/T-1/event', X'7B7D', NULL, 2.0, 1, 2.0, 'sent');
+"""
+
+
+def test_a_v1_database_from_the_field_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "camtrap.db"
+    old = sqlite3.connect(path)
+    old.executescript(V1_SCHEMA)
+    old.close()
+    conn = open_db(path)
+    try:
+        assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
+        rows = [tuple(r) for r in conn.execute(
+            "SELECT event_id, kind, state, attempts, chunks FROM outbox ORDER BY id")]
+        assert rows == [("T-1-1", "alert", "inflight", 1, None),
+                        ("T-1-1", "thumb", "ready", 0, None),
+                        ("T-1-2", "event", "sent", 1, None)]
+        conn.execute("UPDATE outbox SET state = 'acked-by-broker' WHERE kind = 'alert'")
+        conn.execute("INSERT INTO settings (key, value, updated) VALUES ('k', '1', 0)")
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert "outbox_timer" in {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    finally:
+        conn.close()
+    open_db(path).close()  # a second open finds v2 and changes nothing
+
+
 # -- media ------------------------------------------------------------------------------
 
 
@@ -247,3 +309,18 @@ def test_outbox_depth_works_from_another_connection(store: EventStore) -> None:
     store.record(*burst_and_verdict("alert"))
     assert store.outbox_depth() == 3
     assert isinstance(store.outbox, Outbox)
+
+
+def test_a_thumbnail_fits_its_byte_budget() -> None:
+    import random
+
+    rng = random.Random(3)
+    noisy = Image.frombytes("RGB", (800, 600), rng.randbytes(800 * 600 * 3))
+    buf = io.BytesIO()
+    noisy.save(buf, "JPEG", quality=95)
+    free = make_thumbnail(buf.getvalue(), 320, 90)
+    capped = make_thumbnail(buf.getvalue(), 320, 90, max_bytes=12_000)
+    assert len(free) > 12_000
+    assert len(capped) <= 12_000
+    with Image.open(io.BytesIO(capped)) as im:
+        assert im.format == "JPEG"

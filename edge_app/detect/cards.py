@@ -19,13 +19,14 @@ decoder, not a loader rewrite.
 Card schema (version 1)::
 
     schema = 1
-    task = "detector"                  # or "classifier"
+    task = "detector"                  # or "classifier" or "embedding"
     file = "yolov8n_coco_int8_640.tflite"
     sha256 = "d4738..."
     licence = "AGPL-3.0"
     source = "where it came from"
     notes = "free text"                # optional
     labels = "coco80_labels.txt"       # one label per line, line i = class i
+                                       # (optional for an embedding model)
 
     [input]
     width = 640
@@ -55,7 +56,7 @@ import logging
 import re
 import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -69,7 +70,8 @@ from edge_app.events import CATEGORIES, SPECIES, Category, Species
 
 log = logging.getLogger(__name__)
 
-Task = Literal["detector", "classifier"]
+Task = Literal["detector", "classifier", "embedding"]
+TASKS: tuple[Task, ...] = ("detector", "classifier", "embedding")
 CARD_SCHEMA = 1
 REPO_MODELS = Path(edge_app.__file__).resolve().parents[1] / "models"
 """The repository's own cards (``<repo>/models``), searched after the models folder."""
@@ -83,35 +85,113 @@ class FormatSpec:
     """One output format: the task it serves and the ``[output]`` keys it accepts.
 
     Attributes:
-        task: ``detector`` or ``classifier``.
+        task: ``detector``, ``classifier`` or ``embedding``.
         params: extra key → (allowed Python types, default). A default of ``None`` makes the
             key required.
         choices: key → allowed values, for string parameters.
         doc: one line for ``camtrap models ls`` and error messages.
+        validate: checks the filled-in params together; returns (key, reason) when wrong.
+        outputs: the output tensor roles, in the model's output order (default for the
+            ``outputs`` parameter of multi-output formats); empty for one-output formats.
     """
 
     task: Task
     params: Mapping[str, tuple[tuple[type, ...], Any]] = field(default_factory=dict)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     doc: str = ""
+    validate: Callable[[Mapping[str, Any]], tuple[str, str] | None] | None = None
+    outputs: tuple[str, ...] = ()
 
+
+def _check_roles(roles: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[str, str] | None]:
+    """A validator: ``outputs`` must name each role exactly once."""
+
+    def check(p: Mapping[str, Any]) -> tuple[str, str] | None:
+        got = p.get("outputs", list(roles))
+        if sorted(got) != sorted(roles) or not all(isinstance(r, str) for r in got):
+            return "outputs", f"must list each of {', '.join(roles)} once, got {got!r}"
+        return None
+
+    return check
+
+
+def _check_ssd(p: Mapping[str, Any]) -> tuple[str, str] | None:
+    v = p["variances"]
+    if len(v) != 4 or not all(isinstance(x, int | float) and not isinstance(x, bool) and x > 0
+                              for x in v):
+        return "variances", f"must be 4 positive numbers, got {v!r}"
+    return _check_roles(("scores", "boxes", "anchors"))(p)
+
+
+def _check_embedding(p: Mapping[str, Any]) -> tuple[str, str] | None:
+    if p["dims"] < 1:
+        return "dims", f"must be ≥ 1, got {p['dims']}"
+    return None
+
+
+_COORDS = {"coords": ((str,), "normalised")}
+_COORD_CHOICES = {"coords": ("normalised", "pixels")}
 
 FORMATS: dict[str, FormatSpec] = {
     "yolov8": FormatSpec(
         task="detector",
-        params={"coords": ((str,), "normalised")},
-        choices={"coords": ("normalised", "pixels")},
+        params=_COORDS,
+        choices=_COORD_CHOICES,
         doc="[1, 4+C, N]: per anchor cx, cy, w, h then C class scores; no NMS in the graph. "
         "coords: 'normalised' (Ultralytics TFLite export) or 'pixels' of the input",
+    ),
+    "yolov5": FormatSpec(
+        task="detector",
+        params=_COORDS,
+        choices=_COORD_CHOICES,
+        doc="[1, N, 5+C]: per anchor cx, cy, w, h, objectness, C class scores (score = "
+        "objectness x class); MegaDetector v5 / MDv1000 layout; no NMS in the graph",
+    ),
+    "yolov10": FormatSpec(
+        task="detector",
+        params=_COORDS,
+        choices=_COORD_CHOICES,
+        doc="[1, K, 6]: x_min, y_min, x_max, y_max, score, class id; NMS-free (YOLOv10, "
+        "MegaDetector v6-compact)",
+    ),
+    "ssd_raw_anchors": FormatSpec(
+        task="detector",
+        params={"encoding": ((str,), None), "order": ((str,), "xy"),
+                "variances": ((list,), [0.1, 0.1, 0.2, 0.2]),
+                "activation": ((str,), "none"),
+                "outputs": ((list,), ["scores", "boxes", "anchors"])},
+        choices={"encoding": ("corners", "centre_size"), "order": ("xy", "yx"),
+                 "activation": ("none", "sigmoid")},
+        doc="3 tensors: scores [1, N, C] (incl. background), box encodings [1, N, 4], anchors "
+        "[1, N, 4]; encoding 'corners' (ST model zoo) or 'centre_size' with variances; "
+        "outputs: the roles in output order",
+        validate=_check_ssd,
+        outputs=("scores", "boxes", "anchors"),
+    ),
+    "tflite_postprocess": FormatSpec(
+        task="detector",
+        params={"label_offset": ((int,), 0),
+                "outputs": ((list,), ["boxes", "classes", "scores", "count"])},
+        doc="TFLite_Detection_PostProcess: boxes [1, K, 4] (y_min, x_min, y_max, x_max), "
+        "classes [1, K], scores [1, K], count [1] (EfficientDet-Lite, Coral SSD); "
+        "label_offset = 1 when the label file starts with 'background'",
+        validate=_check_roles(("boxes", "classes", "scores", "count")),
+        outputs=("boxes", "classes", "scores", "count"),
     ),
     "classifier": FormatSpec(
         task="classifier",
         params={"softmax": ((bool,), False)},
         doc="[1, C] class scores; softmax = true when the model outputs logits",
     ),
+    "embedding": FormatSpec(
+        task="embedding",
+        params={"dims": ((int,), None)},
+        doc="[1, ..., D] feature vector (unit-normalised by the decoder); no labels",
+        validate=_check_embedding,
+    ),
 }
-"""Known output formats. A later issue adds yolov5, yolov10, ssd_raw_anchors and
-tflite_postprocess here (and their decoders in :mod:`edge_app.detect.decoders`)."""
+"""Known output formats. Adding one is an entry here, a pure decoder in
+:mod:`edge_app.detect.decoders` and a head in :data:`edge_app.detect.pipeline.DETECTOR_HEADS`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +225,7 @@ class ModelCard:
     Attributes:
         name: the card's name (its file stem), as used in ``detector.detector``.
         path: where the card was read from.
-        task: ``detector`` or ``classifier``.
+        task: ``detector``, ``classifier`` or ``embedding``.
         file: model file name, relative to the models folder.
         sha256: expected hex digest of the model file.
         licence: SPDX-style licence of the model weights.
@@ -266,10 +346,13 @@ def parse_card(data: Mapping[str, Any], name: str, path: Path) -> ModelCard:
     schema = top.get("schema", (int,))
     if schema != CARD_SCHEMA:
         raise top.fail("schema", f"this camtrap reads schema {CARD_SCHEMA}, got {schema}")
-    task = top.choice("task", ("detector", "classifier"))
+    task = cast(Task, top.choice("task", TASKS))
     file = top.text("file")
-    labels = top.text("labels")
+    # An embedding has no classes; every other task must say what its outputs mean.
+    labels = top.text("labels", "" if task == "embedding" else None)
     for key, value in (("file", file), ("labels", labels)):
+        if key == "labels" and not value and task == "embedding":
+            continue
         if Path(value).name != value or not value:
             raise top.fail(key, f"must be a plain file name in the models folder, got {value!r}")
     sha = top.text("sha256").lower()
@@ -315,6 +398,10 @@ def parse_card(data: Mapping[str, Any], name: str, path: Path) -> ModelCard:
         if key in spec.choices and value not in spec.choices[key]:
             raise ro.fail(key, f"must be one of {', '.join(spec.choices[key])}, got {value!r}")
         params[key] = value
+    if spec.validate is not None:
+        bad = spec.validate(params)
+        if bad is not None:
+            raise ro.fail(*bad)
     ro.check_unknown()
 
     categories = _label_lists(top.table_of("categories", required=False), CATEGORIES)
@@ -447,6 +534,8 @@ def load_labels(card: ModelCard, models_dir: Path) -> tuple[str, ...]:
     Raises:
         ModelError: the file is missing or not UTF-8.
     """
+    if not card.labels:
+        return ()  # an embedding model: no classes
     path = card.labels_path(models_dir)
     try:
         text = path.read_text(encoding="utf-8")

@@ -121,7 +121,7 @@ def _empty() -> tuple[Boxes, NDArray[np.float32], NDArray[np.intp]]:
 
 
 def decode_yolov8(
-    output: NDArray[np.float32],
+    output: NDArray[Any],
     conf_thr: float,
     iou_thr: float,
     max_det: int,
@@ -130,6 +130,8 @@ def decode_yolov8(
     nms_groups: NDArray[Any] | None = None,
     box_scale: tuple[float, float] = (1.0, 1.0),
     max_candidates: int = 300,
+    quant: Quant = None,
+    class_thresholds: NDArray[np.float32] | None = None,
 ) -> tuple[Boxes, NDArray[np.float32], NDArray[np.intp]]:
     """Decode a YOLOv8 head ``[1, 4+C, N]`` (or ``[4+C, N]``) into boxes after NMS.
 
@@ -138,7 +140,8 @@ def decode_yolov8(
     go through NMS.
 
     Args:
-        output: rows 0-3 are cx, cy, w, h; rows 4.. are per-class scores in [0, 1].
+        output: rows 0-3 are cx, cy, w, h; rows 4.. are per-class scores in [0, 1]; float, or
+            int8/uint8 with ``quant``.
         conf_thr: minimum class score (exclusive).
         iou_thr: boxes of the same NMS group overlapping more than this are suppressed.
         max_det: at most this many boxes are returned.
@@ -148,6 +151,9 @@ def decode_yolov8(
             camtrap category makes "dog" and "bear" on the same animal one box.
         box_scale: multiply x and y by these (input width/height for normalised exports).
         max_candidates: cap on boxes entering NMS (bounds its cost on a cluttered frame).
+        quant: the tensor's (scale, zero point) when ``output`` is quantised.
+        class_thresholds: per class id, a stricter threshold applied after the class is
+            chosen (per-category/species thresholds); ``conf_thr`` should be their minimum.
 
     Returns:
         ``(boxes, scores, class_ids)``: xyxy boxes in input pixels (times ``box_scale``),
@@ -166,28 +172,28 @@ def decode_yolov8(
         conf = rows[classes[0]].copy()
         for c in classes[1:]:
             np.maximum(conf, rows[c], out=conf)
-    cand = np.flatnonzero(conf > conf_thr)
+    cand = _above(conf, conf_thr, quant)
     if cand.size == 0:
         return _empty()
-    if cand.size > max_candidates:
-        cand = cand[np.argpartition(conf[cand], -max_candidates)[-max_candidates:]]
-    scores = conf[cand].astype(np.float32, copy=False)
+    cand = _top_candidates(cand, conf, max_candidates)
+    scores = dequantise(conf[cand], quant)
+    # Scale > 0, so the best raw value is the best real value: argmax in the raw domain.
     best = rows[classes[:, None], cand[None, :]].argmax(axis=0)  # (len(classes), K), K small
     class_ids = classes[best]
+    xywh = dequantise(pred[:4, cand], quant)
     sx, sy = box_scale
-    cx = pred[0, cand] * sx
-    cy = pred[1, cand] * sy
-    hw = pred[2, cand] * (sx / 2)
-    hh = pred[3, cand] * (sy / 2)
+    cx = xywh[0] * sx
+    cy = xywh[1] * sy
+    hw = xywh[2] * (sx / 2)
+    hh = xywh[3] * (sy / 2)
     boxes = np.stack((cx - hw, cy - hh, cx + hw, cy + hh), axis=1).astype(np.float32,
                                                                          copy=False)
-    groups = class_ids if nms_groups is None else nms_groups[class_ids]
-    keep = nms(boxes, scores, iou_thr, max_det, groups=groups)
-    return boxes[keep], scores[keep], class_ids[keep]
+    return _filter_nms(boxes, scores, class_ids, iou_thr, max_det, nms_groups,
+                       class_thresholds)
 
 
-def yolov8_class_max(output: NDArray[np.float32],
-                     classes: NDArray[np.intp] | None = None) -> NDArray[np.float32]:
+def yolov8_class_max(output: NDArray[Any], classes: NDArray[np.intp] | None = None,
+                     quant: Quant = None) -> NDArray[np.float32]:
     """Highest score of each class over all anchors (``(C,)``, or ``(len(classes),)``).
 
     The decision policy needs these raw maxima, below threshold too, to tell a confidently
@@ -196,10 +202,273 @@ def yolov8_class_max(output: NDArray[np.float32],
     pred = output[0] if output.ndim == 3 else output
     rows = pred[4:]
     if classes is None:
-        out: NDArray[np.float32] = rows.max(axis=1).astype(np.float32, copy=False)
-        return out
+        return dequantise(rows.max(axis=1), quant)
     # Row by row: reductions over views, no copy of the selected rows.
-    return np.array([rows[c].max() for c in classes], dtype=np.float32)
+    raw = np.array([rows[c].max() for c in classes], dtype=rows.dtype)
+    return dequantise(raw, quant)
+
+
+def decode_yolov5(
+    output: NDArray[Any],
+    conf_thr: float,
+    iou_thr: float,
+    max_det: int,
+    *,
+    classes: NDArray[np.intp],
+    nms_groups: NDArray[Any] | None = None,
+    box_scale: tuple[float, float] = (1.0, 1.0),
+    max_candidates: int = 300,
+    quant: Quant = None,
+    class_thresholds: NDArray[np.float32] | None = None,
+) -> Decoded:
+    """Decode a YOLOv5 head ``[1, N, 5+C]``: cx, cy, w, h, objectness, C class scores.
+
+    This is the layout of MegaDetector v5 (and the MDv1000 YOLOv5/YOLOv9 exports): a box's
+    confidence is objectness × class score. Since a class score is ≤ 1, only anchors whose
+    objectness alone is above ``conf_thr`` can pass, so the products are computed for those
+    few rows only (the same pre-filter YOLOv5's own NMS uses). The per-class maxima for the
+    policy need every anchor; they cost one multiply per anchor per mapped class.
+
+    Args: as :func:`decode_yolov8`; ``classes`` is required (the mapped classes).
+
+    Returns:
+        :class:`Decoded`, ``class_max`` of length C.
+    """
+    pred = output[0] if output.ndim == 3 else output
+    n_classes = pred.shape[1] - 5
+    class_max = np.zeros(n_classes, np.float32)
+    if classes.size == 0:
+        return Decoded(*_empty(), class_max)
+    obj = dequantise(pred[:, 4], quant)
+    for c in classes:
+        class_max[c] = float((obj * dequantise(pred[:, 5 + c], quant)).max())
+    cand = _above(pred[:, 4], conf_thr, quant)
+    if cand.size == 0:
+        return Decoded(*_empty(), class_max)
+    rows = dequantise(pred[cand], quant)  # (K, 5+C), K small
+    cls_scores = rows[:, 5 + classes] * rows[:, 4:5]
+    best = cls_scores.argmax(axis=1)
+    conf = cls_scores[np.arange(len(cand)), best]
+    keep = np.flatnonzero(conf > conf_thr)
+    keep = _top_candidates(keep, conf, max_candidates)
+    rows, conf, class_ids = rows[keep], conf[keep], classes[best[keep]]
+    sx, sy = box_scale
+    cx, cy = rows[:, 0] * sx, rows[:, 1] * sy
+    hw, hh = rows[:, 2] * (sx / 2), rows[:, 3] * (sy / 2)
+    boxes = np.stack((cx - hw, cy - hh, cx + hw, cy + hh), axis=1).astype(np.float32,
+                                                                         copy=False)
+    return Decoded(*_filter_nms(boxes, conf.astype(np.float32, copy=False), class_ids,
+                                iou_thr, max_det, nms_groups, class_thresholds), class_max)
+
+
+def decode_yolov10(
+    output: NDArray[Any],
+    conf_thr: float,
+    iou_thr: float,
+    max_det: int,
+    *,
+    classes: NDArray[np.intp],
+    n_classes: int,
+    nms_groups: NDArray[Any] | None = None,
+    box_scale: tuple[float, float] = (1.0, 1.0),
+    quant: Quant = None,
+    class_thresholds: NDArray[np.float32] | None = None,
+) -> Decoded:
+    """Decode an NMS-free head ``[1, K, 6]``: x_min, y_min, x_max, y_max, score, class id.
+
+    The layout of YOLOv10 and of MegaDetector v6-compact exports: the model already keeps
+    one box per object per class (top K, typically 300). The only NMS left is *across*
+    classes of one camtrap category (``nms_groups``), so "dog" and "bear" on one animal
+    still become one box, as with the other heads; pass ``nms_groups=None`` to keep the
+    model's boxes untouched.
+
+    Args:
+        output: the head, float or quantised (``quant``).
+        n_classes: number of labels (length of ``class_max``).
+        Others: as :func:`decode_yolov8`.
+    """
+    pred = dequantise(output[0] if output.ndim == 3 else output, quant)
+    class_max = np.zeros(n_classes, np.float32)
+    ids = np.rint(pred[:, 5]).astype(np.intp)
+    valid = (ids >= 0) & (ids < n_classes)
+    mapped = np.zeros(n_classes, bool)
+    mapped[classes] = True
+    valid[valid] &= mapped[ids[valid]]
+    rows, ids = pred[valid], ids[valid]
+    if rows.shape[0] == 0:
+        return Decoded(*_empty(), class_max)
+    np.maximum.at(class_max, ids, rows[:, 4])
+    keep = np.flatnonzero(rows[:, 4] > conf_thr)
+    rows, ids = rows[keep], ids[keep]
+    sx, sy = box_scale
+    boxes = (rows[:, :4] * np.array([sx, sy, sx, sy], np.float32)).astype(np.float32)
+    return Decoded(*_filter_nms(boxes, rows[:, 4].copy(), ids, iou_thr, max_det, nms_groups,
+                                class_thresholds, run_nms=nms_groups is not None), class_max)
+
+
+SSD_VARIANCES = (0.1, 0.1, 0.2, 0.2)
+"""The usual SSD box-coder variances (TF Object Detection API scales 10, 10, 5, 5)."""
+
+
+def ssd_decode_boxes(encodings: NDArray[np.float32], anchors: NDArray[np.float32],
+                     encoding: str, variances: tuple[float, float, float, float] = SSD_VARIANCES,
+                     order: str = "xy") -> Boxes:
+    """Apply SSD box encodings to their anchors; returns normalised xyxy boxes.
+
+    Two encodings exist in the wild:
+
+    * ``corners`` (STMicroelectronics model zoo, the SSD in the shared pack): anchors are
+      ``x_min, y_min, x_max, y_max``; each encoding is the offset of each corner in units of
+      the anchor's width/height: ``x_min = a_x_min + e0 · a_w`` and so on. No variances.
+    * ``centre_size`` (the original SSD paper, TF Object Detection API): anchors are centre
+      and size, ``cx, cy, w, h`` (``order = "xy"``) or ``cy, cx, h, w`` (``order = "yx"``,
+      TF OD API); ``cx = a_cx + e_x · v0 · a_w``, ``w = a_w · exp(e_w · v2)``.
+
+    Args:
+        encodings: ``(K, 4)`` raw box outputs.
+        anchors: ``(K, 4)`` the matching anchors.
+        encoding: ``corners`` or ``centre_size``.
+        variances: centre_size only: the four scale factors, in the encoding's own order.
+        order: centre_size only: ``xy`` or ``yx`` (coordinate order of anchors and encodings).
+    """
+    e = encodings.astype(np.float32, copy=False)
+    a = anchors.astype(np.float32, copy=False)
+    if encoding == "corners":
+        aw = a[:, 2] - a[:, 0]
+        ah = a[:, 3] - a[:, 1]
+        return np.stack((a[:, 0] + e[:, 0] * aw, a[:, 1] + e[:, 1] * ah,
+                         a[:, 2] + e[:, 2] * aw, a[:, 3] + e[:, 3] * ah), axis=1)
+    if encoding != "centre_size":
+        raise ValueError(f"unknown SSD box encoding {encoding!r}")
+    v = np.asarray(variances, np.float32)
+    if order == "yx":  # (y, x, h, w) → (x, y, w, h)
+        e = e[:, [1, 0, 3, 2]]
+        a = a[:, [1, 0, 3, 2]]
+        v = v[[1, 0, 3, 2]]
+    cx = a[:, 0] + e[:, 0] * v[0] * a[:, 2]
+    cy = a[:, 1] + e[:, 1] * v[1] * a[:, 3]
+    w = a[:, 2] * np.exp(e[:, 2] * v[2])
+    h = a[:, 3] * np.exp(e[:, 3] * v[3])
+    return np.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), axis=1).astype(
+        np.float32, copy=False)
+
+
+def decode_ssd_raw(
+    scores: NDArray[Any],
+    encodings: NDArray[Any],
+    anchors: NDArray[Any],
+    conf_thr: float,
+    iou_thr: float,
+    max_det: int,
+    *,
+    classes: NDArray[np.intp],
+    encoding: str,
+    variances: tuple[float, float, float, float] = SSD_VARIANCES,
+    order: str = "xy",
+    activation: str = "none",
+    nms_groups: NDArray[Any] | None = None,
+    box_scale: tuple[float, float] = (1.0, 1.0),
+    max_candidates: int = 300,
+    quants: tuple[Quant, Quant, Quant] = (None, None, None),
+    class_thresholds: NDArray[np.float32] | None = None,
+) -> Decoded:
+    """Decode a raw SSD head: per-anchor class scores, box encodings and anchors.
+
+    Args:
+        scores: ``[1, N, C]`` class scores (including a background class, left out of
+            ``classes``), probabilities (``activation = "none"``) or logits
+            (``"sigmoid"``: thresholds are moved into the logit domain, so no sigmoid runs
+            over the N×C tensor).
+        encodings: ``[1, N, 4]`` box encodings.
+        anchors: ``[1, N, 4]`` anchors, normalised to the input.
+        encoding, variances, order: see :func:`ssd_decode_boxes`.
+        box_scale: input width/height (boxes come out normalised).
+        quants: quantisation of (scores, encodings, anchors).
+        Others: as :func:`decode_yolov8`.
+    """
+    sc = scores[0] if scores.ndim == 3 else scores
+    n_classes = sc.shape[1]
+    class_max = np.zeros(n_classes, np.float32)
+    if classes.size == 0:
+        return Decoded(*_empty(), class_max)
+    qs = quants[0]
+
+    def real(raw: NDArray[Any]) -> NDArray[np.float32]:
+        x = dequantise(raw, qs)
+        if activation == "sigmoid":
+            x = (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+        return x
+
+    sub = sc[:, classes]  # (N, len(classes)): ~110k values for COCO → camtrap
+    conf = sub.max(axis=1)
+    class_max[classes] = real(sub.max(axis=0))
+    thr = conf_thr
+    if activation == "sigmoid":
+        thr = float(np.log(conf_thr / (1.0 - conf_thr))) if 0 < conf_thr < 1 else (
+            -np.inf if conf_thr <= 0 else np.inf)
+    cand = _above(conf, thr, qs)
+    if cand.size == 0:
+        return Decoded(*_empty(), class_max)
+    cand = _top_candidates(cand, conf, max_candidates)
+    best = sub[cand].argmax(axis=1)
+    class_ids = classes[best]
+    conf_real = real(conf[cand])
+    enc = dequantise((encodings[0] if encodings.ndim == 3 else encodings)[cand], quants[1])
+    anc = dequantise((anchors[0] if anchors.ndim == 3 else anchors)[cand], quants[2])
+    boxes = ssd_decode_boxes(enc, anc, encoding, variances, order)
+    sx, sy = box_scale
+    boxes *= np.array([sx, sy, sx, sy], np.float32)
+    return Decoded(*_filter_nms(boxes, conf_real, class_ids, iou_thr, max_det, nms_groups,
+                                class_thresholds), class_max)
+
+
+def decode_tflite_postprocess(
+    boxes: NDArray[Any],
+    class_ids: NDArray[Any],
+    scores: NDArray[Any],
+    count: NDArray[Any],
+    conf_thr: float,
+    iou_thr: float,
+    max_det: int,
+    *,
+    classes: NDArray[np.intp],
+    n_classes: int,
+    label_offset: int = 0,
+    nms_groups: NDArray[Any] | None = None,
+    box_scale: tuple[float, float] = (1.0, 1.0),
+    class_thresholds: NDArray[np.float32] | None = None,
+) -> Decoded:
+    """Decode the four outputs of a ``TFLite_Detection_PostProcess`` op.
+
+    The op (EfficientDet-Lite, Coral SSD, TF OD API exports) has already decoded the anchors
+    and run NMS; it gives ``boxes [1, K, 4]`` as normalised ``y_min, x_min, y_max, x_max``,
+    ``classes [1, K]`` (float class ids), ``scores [1, K]`` and ``count [1]`` (valid rows).
+    Class ids count from the first *non-background* class, so a label file that starts with
+    ``background`` needs ``label_offset = 1``.
+
+    As for YOLOv10, the only NMS left is across classes of one camtrap category.
+    """
+    n = int(np.asarray(count).reshape(-1)[0])
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)[:n]
+    ids = np.rint(np.asarray(class_ids, np.float32).reshape(-1)[:n]).astype(np.intp)
+    ids += label_offset
+    sc = np.asarray(scores, np.float32).reshape(-1)[:n]
+    class_max = np.zeros(n_classes, np.float32)
+    mapped = np.zeros(n_classes, bool)
+    mapped[classes] = True
+    ok = (ids >= 0) & (ids < n_classes)
+    ok[ok] &= mapped[ids[ok]]
+    b, ids, sc = b[ok], ids[ok], sc[ok]
+    if sc.size == 0:
+        return Decoded(*_empty(), class_max)
+    np.maximum.at(class_max, ids, sc)
+    keep = sc > conf_thr
+    b, ids, sc = b[keep], ids[keep], sc[keep]
+    sx, sy = box_scale
+    xyxy = np.stack((b[:, 1] * sx, b[:, 0] * sy, b[:, 3] * sx, b[:, 2] * sy), axis=1).astype(
+        np.float32, copy=False)
+    return Decoded(*_filter_nms(xyxy, sc.copy(), ids, iou_thr, max_det, nms_groups,
+                                class_thresholds, run_nms=nms_groups is not None), class_max)
 
 
 def box_iou(box: NDArray[np.float32], boxes: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -242,6 +511,19 @@ def nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou_thr: float,
             suppress &= groups[rest] == groups[i]
         order = rest[~suppress]
     return np.array(keep, dtype=np.intp)
+
+
+def decode_embedding(output: NDArray[Any], quant: Quant = None) -> NDArray[np.float32]:
+    """Flatten an embedding ``[1, 1, 1, D]`` (or ``[1, D]``) to a unit-length ``(D,)`` vector.
+
+    Unit length makes cosine similarity a dot product, which is what re-identification and
+    "is this frame like the last empty one" comparisons use.
+    """
+    v = dequantise(output.reshape(-1), quant).astype(np.float32, copy=True)
+    n = float(np.linalg.norm(v))
+    if n > 0:
+        v /= n
+    return v
 
 
 def decode_classifier(output: NDArray[np.float32], softmax: bool = False) -> NDArray[np.float32]:

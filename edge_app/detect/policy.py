@@ -13,8 +13,10 @@ Two choices beyond the plain rule, both on the side of not losing an event:
 * The label of an alerting trigger is the best *alerting* category: a person at 0.6 next to a
   dog at 0.9 is reported as ``person`` (with ``alert_on`` = person), not as ``animal``.
 
-The vote is a function (:data:`Vote`) so that mean or k-of-n votes plug in beside
-:func:`vote_max` without touching :func:`decide`.
+The vote is a function (:data:`Vote`): :func:`vote_max` (default), :func:`vote_mean` and
+:func:`make_vote_k_of_n`, chosen by ``policy.vote``. Whatever the vote, it decides only the
+*label* and *alert*: emptiness is judged on the raw scores of every frame, so a stricter vote
+can turn an alert into a keep but never a detection into a discard.
 """
 
 from __future__ import annotations
@@ -72,8 +74,72 @@ def vote_max(results: Sequence[FrameResult | None]) -> dict[str, Evidence]:
     return best
 
 
-VOTES: dict[str, Vote] = {"max": vote_max}
-"""Named votes (a later issue adds mean and k-of-n and a config key to choose)."""
+def _per_key_scores(results: Sequence[FrameResult | None]) -> tuple[dict[str, list[float]], int]:
+    """Key → one score per *analysed* frame (0 where that frame did not detect it)."""
+    analysed = [r for r in results if r is not None]
+    scores: dict[str, list[float]] = {}
+    for j, r in enumerate(analysed):
+        for key, score in frame_evidence(r).items():
+            scores.setdefault(key, [0.0] * len(analysed))[j] = score
+    return scores, len(analysed)
+
+
+def _frame_index(results: Sequence[FrameResult | None], analysed_index: int) -> int:
+    """Position in the burst of the ``analysed_index``-th analysed frame."""
+    return [i for i, r in enumerate(results) if r is not None][analysed_index]
+
+
+def vote_mean(results: Sequence[FrameResult | None]) -> dict[str, Evidence]:
+    """Mean per key over the analysed frames (a frame without the key counts 0).
+
+    Damps a single-frame false positive (a sunlit branch called "person" once) at the price
+    of also damping a leopard seen in one frame of three; the evidence frame is still the
+    best one, so the event carries its boxes. Undecodable frames are left out of the mean:
+    they are not evidence of absence.
+    """
+    scores, n = _per_key_scores(results)
+    out: dict[str, Evidence] = {}
+    for key, per in scores.items():
+        best = max(range(n), key=lambda j: (per[j], -j))
+        out[key] = Evidence(sum(per) / n, _frame_index(results, best))
+    return out
+
+
+def make_vote_k_of_n(k: int) -> Vote:
+    """A vote where a key counts only when at least ``k`` analysed frames detected it.
+
+    The key's score is the k-th best frame's score ("k frames agree at ≥ this"), and its
+    frame the best one. ``k`` is capped at the number of analysed frames, so a burst cut
+    short by a shutdown (or with undecodable frames) can still alert on what it did see.
+    """
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1, got {k}")
+
+    def vote_k_of_n(results: Sequence[FrameResult | None]) -> dict[str, Evidence]:
+        scores, n = _per_key_scores(results)
+        need = min(k, n)
+        out: dict[str, Evidence] = {}
+        for key, per in scores.items():
+            ranked = sorted(range(n), key=lambda j: (-per[j], j))
+            kth = per[ranked[need - 1]]
+            if kth > 0.0:
+                out[key] = Evidence(kth, _frame_index(results, ranked[0]))
+        return out
+
+    return vote_k_of_n
+
+
+VOTES: dict[str, Callable[[PolicyConfig], Vote]] = {
+    "max": lambda _p: vote_max,
+    "mean": lambda _p: vote_mean,
+    "k_of_n": lambda p: make_vote_k_of_n(p.vote_k),
+}
+"""``policy.vote`` → a factory of the vote (k-of-n reads ``policy.vote_k``)."""
+
+
+def vote_for(policy: PolicyConfig) -> Vote:
+    """The vote ``policy.vote`` names."""
+    return VOTES[policy.vote](policy)
 
 _AS_SPECIES: dict[str, Species] = {s: s for s in SPECIES}
 _AS_LABEL: dict[str, Label] = {c: c for c in CATEGORIES}
@@ -105,13 +171,13 @@ def _emptiness(results: Sequence[FrameResult | None], below: float) -> tuple[boo
 
 
 def decide(results: Sequence[FrameResult | None], policy: PolicyConfig,
-           vote: Vote = vote_max) -> Verdict:
+           vote: Vote | None = None) -> Verdict:
     """Decide what happens to one trigger.
 
     Args:
         results: one entry per burst frame, ``None`` where the frame could not be decoded.
         policy: alert list and emptiness threshold.
-        vote: how frames are combined (default: max per category/species).
+        vote: how frames are combined (default: the one ``policy.vote`` names).
 
     Returns:
         The verdict: ``alert`` when a category or species in ``policy.alert_on`` was detected
@@ -122,7 +188,7 @@ def decide(results: Sequence[FrameResult | None], policy: PolicyConfig,
     if not frozen or all(r is None for r in frozen):
         return Verdict("keep", "empty", None, 0.0, -1, frozen,
                        "no frame could be analysed; kept, never dropped unseen")
-    votes = vote(frozen)
+    votes = (vote or vote_for(policy))(frozen)
     alert_on = set(policy.alert_on)
 
     # Species first: a named species is an animal even if no frame's box said so.

@@ -14,12 +14,23 @@ Odd files are part of the job, not errors: EXIF orientation is applied (so boxes
 upright frame a person sees), greyscale/CMYK/palette images become RGB, and a truncated JPEG
 (a card pulled mid-write, a short network copy) is decoded as far as the data goes.
 
+JPEGs go through libjpeg-turbo's own API (``simplejpeg``, which picamera2 already depends on,
+so every Pi camera install has it) when it is installed: it scales by any M/8 during the IDCT
+(2048 → 768 px for a 640 input, where Pillow's ``draft()`` only offers powers of two and
+gives 1024 px, so the resize after it is ~40 % cheaper), decodes straight into a reusable
+buffer (:class:`DecodeBuffer`: no 2-7 MB allocation and page faults per frame) and hands the
+pixels to Pillow as ``RGBX`` without a copy. Anything it cannot do (PNG, odd JPEGs) goes
+through Pillow as before, with the same result up to JPEG rounding.
+
 Truncated JPEGs are handled *without* Pillow's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES``
 flag: flipping a global from a worker thread would silently change how every other thread
 (thumbnails, the store) decodes. Instead the data is retried with an End-Of-Image marker
 appended, which is exactly what Pillow itself does under that flag for JPEG; libjpeg then
 fills the missing rows with grey. Other formats are not retried: a truncated PNG is an
 :class:`~edge_app.errors.ImageError` (cameras write JPEG; PNG only reaches us by hand).
+The decision for truncated JPEGs is *decode what is there and report it*
+(``DecodedImage.truncated``, a warning in the log): the top of a frame cut short by a power
+cut may still show the animal, and a grey bottom never creates a detection.
 """
 
 from __future__ import annotations
@@ -33,9 +44,14 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from edge_app.errors import ImageError
+
+try:  # libjpeg-turbo's scaled decode; optional (see the module docstring)
+    import simplejpeg as _sj
+except ImportError:  # pragma: no cover - depends on the install
+    _sj = None
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +62,32 @@ _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90° (width ↔ h
 Resize = Literal["letterbox", "stretch"]
 
 
+class DecodeBuffer:
+    """The reusable output buffer of the JPEG fast path; grows to the largest frame seen.
+
+    Owned by one pipeline (one thread): the image of the previous :func:`decode_image` call
+    that used it is overwritten by the next one.
+    """
+
+    def __init__(self) -> None:
+        self._buf: NDArray[np.uint8] = np.empty(0, np.uint8)
+
+    def get(self, shape: tuple[int, ...]) -> NDArray[np.uint8]:
+        """A uint8 array of ``shape`` inside the buffer (reallocated only to grow)."""
+        n = math.prod(shape)
+        if self._buf.size < n:
+            self._buf = np.empty(n, np.uint8)
+        return self._buf[:n].reshape(shape)
+
+
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
     """An upright RGB image, possibly decoded at reduced scale.
 
     Attributes:
-        image: upright RGB Pillow image (EXIF orientation applied).
+        image: upright Pillow image (EXIF orientation applied), mode ``RGB``, or ``RGBX``
+            (RGB plus a padding byte: Pillow's own pixel layout, shared with the decoder's
+            buffer without a copy).
         original_size: (width, height) of the upright image at full resolution.
         truncated: True when the file ended early and only part of it was decoded.
         source_mode: Pillow mode of the file before conversion (``L``, ``CMYK``, ``RGB``...).
@@ -94,8 +130,43 @@ def _draft_size(stored: tuple[int, int], orientation: int, target: tuple[int, in
     return (rh, rw) if orientation in _SWAPS_AXES else (rw, rh)
 
 
+def _decode_fast(data: bytes, draft: tuple[int, int] | None,
+                 buffer: DecodeBuffer | None) -> tuple[Image.Image, bool] | None:
+    """libjpeg-turbo decode at the smallest M/8 scale covering ``draft`` (None: full size).
+
+    Returns (RGBX image, truncated), or None when this path cannot decode the data (the
+    caller then uses Pillow, which also produces the error message).
+    """
+    if _sj is None:
+        return None
+    min_w, min_h = draft if draft is not None else (0, 0)
+    try:
+        h, w, _, _ = _sj.decode_jpeg_header(data, min_height=min_h, min_width=min_w)
+        h, w = int(h), int(w)
+        out = buffer.get((h, w, 4)) if buffer is not None else None
+    except ValueError:
+        return None
+    truncated = False
+    try:
+        arr = _sj.decode_jpeg(data, "RGBX", min_height=min_h, min_width=min_w, buffer=out,
+                              strict=True)
+    except ValueError:
+        # A recoverable libjpeg warning (premature end, corrupt segment): decode what is
+        # there; the missing rows come out grey, as with Pillow.
+        try:
+            arr = _sj.decode_jpeg(data, "RGBX", min_height=min_h, min_width=min_w,
+                                  buffer=out, strict=False)
+        except ValueError:
+            return None
+        truncated = True
+    if arr.shape != (h, w, 4):  # pragma: no cover - a simplejpeg contract change
+        return None
+    return Image.frombuffer("RGBX", (w, h), arr, "raw", "RGBX", 0, 1), truncated
+
+
 def decode_image(src: bytes | Path, target: tuple[int, int] | None = None,
-                 resize: Resize = "letterbox") -> DecodedImage:
+                 resize: Resize = "letterbox",
+                 buffer: DecodeBuffer | None = None) -> DecodedImage:
     """Decode a JPEG/PNG (bytes or a path) to an upright RGB image.
 
     Args:
@@ -103,6 +174,8 @@ def decode_image(src: bytes | Path, target: tuple[int, int] | None = None,
         target: the (width, height) the image will be resized to next; JPEGs are decoded at
             the smallest DCT scale that still covers it. None decodes at full size.
         resize: how the image will be fitted to ``target`` (affects the scale needed).
+        buffer: reuse this buffer for the pixels (the JPEG fast path); the previous image
+            decoded into it becomes invalid.
 
     Returns:
         The decoded image; ``truncated`` says whether the file was cut short.
@@ -129,6 +202,14 @@ def decode_image(src: bytes | Path, target: tuple[int, int] | None = None,
     stored_size = im.size
     draft = _draft_size(stored_size, orientation, target, resize)
     is_jpeg = im.format == "JPEG"
+    source_mode = im.mode
+    fast = _decode_fast(data, draft, buffer) if is_jpeg else None
+    if fast is not None:
+        im, truncated = fast
+        if orientation != 1:
+            im = _upright(im, orientation)
+        uw, uh = (stored_size[1], stored_size[0]) if orientation in _SWAPS_AXES else stored_size
+        return DecodedImage(im, (uw, uh), truncated, source_mode)
     try:
         if draft is not None and is_jpeg:
             im.draft("RGB", draft)
@@ -147,10 +228,7 @@ def decode_image(src: bytes | Path, target: tuple[int, int] | None = None,
 
     source_mode = im.mode
     if orientation != 1:
-        try:
-            im = ImageOps.exif_transpose(im)
-        except (OSError, ValueError, SyntaxError, TypeError) as e:
-            log.warning("cannot apply EXIF orientation %d: %s", orientation, e)
+        im = _upright(im, orientation)
     if im.mode != "RGB":
         # P/PA with transparency, LA, RGBA: drop alpha; CMYK: Pillow undoes Adobe inversion;
         # I/I;16/F (16-bit or float greyscale PNG/TIFF) need scaling to 8 bits first.
@@ -161,6 +239,32 @@ def decode_image(src: bytes | Path, target: tuple[int, int] | None = None,
         im = im.convert("RGB")
     uw, uh = (stored_size[1], stored_size[0]) if orientation in _SWAPS_AXES else stored_size
     return DecodedImage(im, (uw, uh), truncated, source_mode)
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(im: Image.Image, orientation: int) -> Image.Image:
+    """Apply an EXIF orientation (the same table as ``ImageOps.exif_transpose``).
+
+    Done by hand rather than with ``exif_transpose`` because the fast path's image has no
+    EXIF of its own (it came from the decoder's buffer), and because exif_transpose also
+    rewrites the EXIF block, which we do not need.
+    """
+    op = _TRANSPOSE.get(orientation)
+    if op is None:
+        if orientation != 1:
+            log.warning("ignoring unknown EXIF orientation %d", orientation)
+        return im
+    return im.transpose(op)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +335,7 @@ class Letterboxer:
             self._last = (nw, nh, px, py)
         resized = image if (w, h) == (nw, nh) else image.resize(
             (nw, nh), Image.Resampling.BILINEAR)
-        self.buffer[py:py + nh, px:px + nw] = np.asarray(resized)
+        self.buffer[py:py + nh, px:px + nw] = np.asarray(resized)[..., :3]  # RGBX → RGB
         return Geometry((w, h), nw / w, nh / h, px, py)
 
 
@@ -267,4 +371,28 @@ def crop_resized(image: Image.Image, bbox: tuple[float, float, float, float] | N
     intermediate crop image.
     """
     box = None if bbox is None else crop_box(image.size, bbox, context)
-    return np.asarray(image.resize(size, Image.Resampling.BILINEAR, box=box))
+    out: NDArray[np.uint8] = np.asarray(image.resize(size, Image.Resampling.BILINEAR,
+                                                     box=box))[..., :3]
+    return out
+
+
+def grey_thumbnail(image: Image.Image, width: int) -> NDArray[np.int16]:
+    """A small greyscale copy for the motion gate, as int16 (ready to subtract).
+
+    Box-filtered down to ``width`` pixels first (averaging away sensor and JPEG noise, and
+    cheap: only the small image is converted to grey).
+    """
+    w, h = image.size
+    height = max(1, round(width * h / w))
+    small = image.resize((width, height), Image.Resampling.BOX, reducing_gap=2.0)
+    return np.asarray(small.convert("L"), dtype=np.int16)
+
+
+def changed_fraction(a: NDArray[np.int16], b: NDArray[np.int16], delta: int) -> float:
+    """Fraction of pixels whose grey level differs by more than ``delta`` (0..1).
+
+    Images of different shapes (a camera mode change mid-burst) count as fully changed.
+    """
+    if a.shape != b.shape:
+        return 1.0
+    return float(np.count_nonzero(np.abs(a - b) > delta)) / a.size

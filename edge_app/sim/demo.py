@@ -60,7 +60,7 @@ def _demo_config(opts: DemoOptions, root: Path, port: int, mqtt: bool) -> config
         "storage": {"root": str(root / "data")},
         "outbox": {"backoff_min_s": 0.5, "backoff_max_s": 5.0},
         "mqtt": {"enabled": mqtt, "host": "127.0.0.1", "port": port, "tls": False,
-                 "keepalive_s": 10},
+                 "keepalive_s": 10, "image_min_link_s": 0.0},
     })
 
 

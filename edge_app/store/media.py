@@ -133,7 +133,7 @@ def store_file(
     )
 
 
-def make_thumbnail(jpeg: bytes, px: int, quality: int) -> bytes:
+def make_thumbnail(jpeg: bytes, px: int, quality: int, max_bytes: int = 0) -> bytes:
     """A JPEG whose longest side is at most ``px``, upright, without EXIF.
 
     ``draft()`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding (DCT scaling),
@@ -148,17 +148,20 @@ def make_thumbnail(jpeg: bytes, px: int, quality: int) -> bytes:
         jpeg: the source JPEG.
         px: longest side of the result, pixels.
         quality: JPEG quality of the result (10–100).
+        max_bytes: if the result is larger, encode again at lower quality (down to 30), then
+            smaller, until it fits (0: no limit). A thumbnail is what crosses a weak link right
+            after the alert, so its size is a budget, not a guess.
 
     Raises:
         ImageError: the bytes cannot be decoded as an image.
     """
     try:
-        return _thumbnail(jpeg, px, quality)
+        return _thumbnail(jpeg, px, quality, max_bytes)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as first:
         if not jpeg.startswith(_SOI):
             raise ImageError(f"cannot make a thumbnail: {first}") from first
         try:
-            small = _thumbnail(jpeg + _EOI, px, quality)
+            small = _thumbnail(jpeg + _EOI, px, quality, max_bytes)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise ImageError(f"cannot make a thumbnail: {e}") from e
         logger.info("thumbnail made from a truncated JPEG (%s)", first)
@@ -169,7 +172,7 @@ _SOI = b"\xff\xd8"
 _EOI = b"\xff\xd9"
 
 
-def _thumbnail(jpeg: bytes, px: int, quality: int) -> bytes:
+def _thumbnail(jpeg: bytes, px: int, quality: int, max_bytes: int = 0) -> bytes:
     with Image.open(io.BytesIO(jpeg)) as im:
         # draft() keeps the decoded size >= the request; asking for a square box keeps that
         # true whichever way the EXIF orientation turns the image afterwards.
@@ -178,8 +181,23 @@ def _thumbnail(jpeg: bytes, px: int, quality: int) -> bytes:
         upright.thumbnail((px, px), Image.Resampling.BILINEAR, reducing_gap=2.0)
         if upright.mode not in ("RGB", "L"):
             upright = upright.convert("RGB")
-        out = io.BytesIO()
-        upright.save(out, "JPEG", quality=quality, optimize=True)
+        out = _encode(upright, quality)
+        while max_bytes and len(out) > max_bytes:
+            if quality > 30:
+                quality = max(30, quality - 10)
+            elif min(upright.size) > 32:
+                upright = upright.resize((max(1, upright.width * 3 // 4),
+                                          max(1, upright.height * 3 // 4)),
+                                         Image.Resampling.BILINEAR)
+            else:
+                break
+            out = _encode(upright, quality)
+    return out
+
+
+def _encode(im: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=quality, optimize=True)
     return out.getvalue()
 
 

@@ -197,6 +197,11 @@ class Outbox:
         self._cfg = cfg
         self._rng = rng or random.Random()  # jitter, not cryptography
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection (for a caller that groups several updates in one transaction)."""
+        return self._conn
+
     def _now(self, now: float | None) -> float:
         return self._clock.wall() if now is None else now
 
@@ -210,8 +215,9 @@ class Outbox:
         payload: bytes | None = None,
         media_path: str | None = None,
         event_id: str | None = None,
-        expires_at: float | None = None,
+        expires_at: float | _Default | None = BY_KIND,
         now: float | None = None,
+        chunks: Sequence[int] | None = None,
     ) -> int:
         """Add a ready row; joins the caller's transaction if one is open.
 
@@ -221,8 +227,10 @@ class Outbox:
             payload: the message body (exclusive with ``media_path``).
             media_path: a media file written *before* this call (atomically).
             event_id: the event the row belongs to, for dedupe and ``ls``.
-            expires_at: wall time after which the row is not worth sending.
+            expires_at: wall time after which the row is not worth sending; None: never;
+                :data:`BY_KIND` (default): ``outbox.<kind>_expiry_s`` from the config.
             now: creation time (default: the clock).
+            chunks: media rows only: send just these chunk indices (a receiver's request).
 
         Returns:
             The row id.
@@ -233,16 +241,33 @@ class Outbox:
         k = Kind(kind)
         if (payload is None) == (media_path is None):
             raise ValueError("give exactly one of payload and media_path")
+        if chunks is not None and media_path is None:
+            raise ValueError("chunks only apply to media rows")
         t = self._now(now)
+        expiry = self.expiry_for(k, t) if expires_at is BY_KIND else expires_at
+        chunk_json = None if chunks is None else json.dumps(sorted({int(c) for c in chunks}))
         with transaction(self._conn):
             cur = self._conn.execute(
                 "INSERT INTO outbox (event_id, kind, priority, topic, payload, media_path, "
-                "created, next_attempt_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (event_id, k.value, PRIORITY[k], topic, payload, media_path, t, t, expires_at),
+                "created, next_attempt_at, expires_at, chunks) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (event_id, k.value, PRIORITY[k], topic, payload, media_path, t, t, expiry,
+                 chunk_json),
             )
         row_id = cur.lastrowid
         assert row_id is not None
         return row_id
+
+    def expiry_for(self, kind: Kind | str, now: float) -> float | None:
+        """When a row of ``kind`` created at ``now`` expires (None: never)."""
+        seconds = {
+            Kind.ALERT: self._cfg.alert_expiry_s,
+            Kind.STATUS: self._cfg.status_expiry_s,
+            Kind.EVENT: self._cfg.event_expiry_s,
+            Kind.THUMB: self._cfg.thumb_expiry_s,
+            Kind.IMAGE: self._cfg.image_expiry_s,
+        }[Kind(kind)]
+        return now + seconds if seconds > 0 else None
 
     # -- link side ----------------------------------------------------------------------
 
@@ -250,30 +275,67 @@ class Outbox:
         """How far ahead a retry time may be before we assume the clock stepped back."""
         return self._cfg.backoff_max_s + 1.0
 
-    def due(self, now: float | None = None, limit: int = 10) -> list[OutboxRow]:
-        """Ready rows whose time has come, most urgent first (priority, then age)."""
+    def due(
+        self,
+        now: float | None = None,
+        limit: int = 10,
+        *,
+        max_priority: int | None = None,
+    ) -> list[OutboxRow]:
+        """Ready rows whose time has come, most urgent first (priority, then age).
+
+        Args:
+            now: reference time (None: the clock).
+            limit: at most this many rows.
+            max_priority: only rows of this priority or more urgent (e.g. to hold full images
+                back while the link is not good enough for them).
+        """
         t = self._now(now)
         rows = self._conn.execute(
             "SELECT * FROM outbox WHERE state = 'ready' "
             "AND (next_attempt_at <= :now OR next_attempt_at > :now + :skew) "
             "AND (expires_at IS NULL OR expires_at > :now) "
+            "AND priority <= :maxp "
             "ORDER BY priority, id LIMIT :limit",
-            {"now": t, "skew": self._skew_s(), "limit": max(0, limit)},
+            {"now": t, "skew": self._skew_s(), "limit": max(0, limit),
+             "maxp": max(PRIORITY.values()) if max_priority is None else max_priority},
         ).fetchall()
         return [OutboxRow.from_row(r) for r in rows]
 
-    def next_ready_at(self, now: float | None = None) -> float | None:
+    def next_ready_at(
+        self, now: float | None = None, *, max_priority: int | None = None
+    ) -> float | None:
         """When the next ready row becomes due (None if there is none).
 
         Capped at ``now + backoff_max_s`` so a backwards clock step cannot put it far off.
+
+        Args:
+            now: reference time (None: the clock).
+            max_priority: only rows of this priority or more urgent (as in :meth:`due`).
         """
+        return self._next_timer(State.READY, now, self._skew_s(), max_priority)
+
+    def next_receipt_deadline(self, now: float | None = None) -> float | None:
+        """When the first ``acked-by-broker`` row times out (None if there is none)."""
+        return self._next_timer(State.ACKED, now, self._cfg.receipt_timeout_max_s + 1.0)
+
+    def _next_timer(
+        self, state: State, now: float | None, cap_s: float, max_priority: int | None = None
+    ) -> float | None:
         t = self._now(now)
+        # Expired rows are never served (see due()), so they must not wake anyone either.
+        # INDEXED BY: walk the timer index in time order and stop at the first match; the
+        # planner would otherwise pick outbox_service and scan every ready row (a 10,000-row
+        # backlog made each turn of the uplink loop 20 times slower).
         r = self._conn.execute(
-            "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'ready'"
+            "SELECT next_attempt_at FROM outbox INDEXED BY outbox_timer "
+            "WHERE state = ? AND priority <= ? AND (expires_at IS NULL OR expires_at > ?) "
+            "ORDER BY next_attempt_at LIMIT 1",
+            (state.value, max(PRIORITY.values()) if max_priority is None else max_priority, t),
         ).fetchone()
-        if r[0] is None:
+        if r is None:
             return None
-        return min(float(r[0]), t + self._skew_s())
+        return min(float(r[0]), t + cap_s)
 
     def oldest_inflight_since(self) -> float | None:
         """Start of the oldest in-flight attempt (None if nothing is in flight)."""
@@ -289,6 +351,13 @@ class Outbox:
             "inflight_since = ? WHERE id = ? AND state = 'ready'",
             (self._now(now), row_id),
         )
+
+    def mark_inflight_many(self, row_ids: Iterable[int], now: float | None = None) -> None:
+        """:meth:`mark_inflight` for several rows in one transaction (one fsync)."""
+        t = self._now(now)
+        with transaction(self._conn):
+            for rid in row_ids:
+                self.mark_inflight(rid, t)
 
     def mark_sent(self, row_ids: int | Iterable[int], now: float | None = None) -> int:
         """The link confirmed delivery; returns how many rows changed.
@@ -306,11 +375,138 @@ class Outbox:
             for rid in ids:
                 cur = self._conn.execute(
                     "UPDATE outbox SET state = 'sent', done_at = ?, inflight_since = NULL, "
-                    "last_error = NULL WHERE id = ? AND state IN ('inflight', 'ready')",
+                    "last_error = NULL, chunks = NULL "
+                    "WHERE id = ? AND state IN ('inflight', 'ready', 'acked-by-broker')",
                     (t, rid),
                 )
                 n += cur.rowcount
         return n
+
+    def receipt_timeout_s(self, attempts: int) -> float:
+        """How long an ``acked-by-broker`` row waits for its receipt before it is resent.
+
+        Doubles per attempt up to ``receipt_timeout_max_s``: a unit whose receiver is away for
+        a week must not resend every alert every few minutes over a metered link.
+        """
+        exp = min(max(attempts - 1, 0), _MAX_EXPONENT)
+        return float(min(self._cfg.receipt_timeout_max_s, self._cfg.receipt_timeout_s * (2**exp)))
+
+    def mark_acked(self, row_ids: Iterable[int], now: float | None = None) -> int:
+        """The broker acknowledged these rows; they now wait for the receiver's receipt."""
+        t = self._now(now)
+        n = 0
+        with transaction(self._conn):
+            for rid in row_ids:
+                r = self._conn.execute(
+                    "SELECT attempts FROM outbox WHERE id = ? AND state IN ('inflight', 'ready')",
+                    (rid,),
+                ).fetchone()
+                if r is None:
+                    continue
+                self._conn.execute(
+                    "UPDATE outbox SET state = 'acked-by-broker', inflight_since = NULL, "
+                    "last_error = NULL, next_attempt_at = ? WHERE id = ?",
+                    (t + self.receipt_timeout_s(int(r[0])), rid),
+                )
+                n += 1
+        return n
+
+    def mark_received(
+        self, event_ids: Iterable[str], now: float | None = None
+    ) -> list[tuple[int, str]]:
+        """A receiver's receipt: the event rows of these ids reached it; they are sent.
+
+        Applies to unsent ``alert``/``event`` rows in any state (a receipt can overtake the
+        PUBACK, or arrive after a timeout requeued the row). Unknown ids are ignored: a
+        receipt may be a duplicate, or name an event purged long ago.
+
+        Returns:
+            (row id, kind) of the rows that changed (so the link can forget their message ids
+            and count them).
+        """
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return []
+        t = self._now(now)
+        changed: list[tuple[int, str]] = []
+        with transaction(self._conn):
+            for i in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+                part = ids[i:i + 500]
+                marks = ", ".join("?" for _ in part)
+                rows = self._conn.execute(
+                    f"UPDATE outbox SET state = 'sent', done_at = ?, inflight_since = NULL, "  # noqa: S608 - placeholders only
+                    f"last_error = NULL WHERE kind IN ('alert', 'event') AND event_id IN "
+                    f"({marks}) AND state IN ('ready', 'inflight', 'acked-by-broker') "
+                    f"RETURNING id, kind",
+                    (t, *part),
+                ).fetchall()
+                changed.extend((int(r[0]), str(r[1])) for r in rows)
+        return changed
+
+    def requeue_unreceipted(self, now: float | None = None) -> int:
+        """``acked-by-broker`` rows whose receipt did not come in time go back to ready."""
+        t = self._now(now)
+        cur = self._conn.execute(
+            "UPDATE outbox SET state = 'ready', next_attempt_at = ?, "
+            "last_error = 'no receipt in time' WHERE state = 'acked-by-broker' "
+            "AND (next_attempt_at <= ? OR next_attempt_at > ?)",
+            (t, t, t + self._cfg.receipt_timeout_max_s + 1.0),
+        )
+        if cur.rowcount:
+            logger.warning("%d event(s) acknowledged by the broker but not received: sending "
+                           "them again", cur.rowcount)
+        return cur.rowcount
+
+    def requeue(
+        self, row_id: int, now: float | None, error: str, chunks: Sequence[int] | None = None
+    ) -> str | None:
+        """An attempt got no answer in time: back to ready at once (no backoff).
+
+        No backoff because the cause is a lost message, not a refusal. A media row that has
+        used ``max_media_attempts`` becomes ``dead`` instead (an image that never gets through
+        a bad link must not hold the link forever); alerts and events are never given up.
+
+        Args:
+            row_id: the row.
+            now: time (None: the clock).
+            error: why, kept in ``last_error``.
+            chunks: media rows: the chunks still to send (None: keep the current list).
+
+        Returns:
+            The new state, or None if the row was not in flight or ready.
+        """
+        return self._retry(row_id, self._now(now), error, chunks, backoff=False)
+
+    def _retry(
+        self, row_id: int, t: float, error: str, chunks: Sequence[int] | None, backoff: bool
+    ) -> str | None:
+        with transaction(self._conn):
+            r = self._conn.execute(
+                "SELECT attempts, kind FROM outbox WHERE id = ? "
+                "AND state IN ('inflight', 'ready')",
+                (row_id,),
+            ).fetchone()
+            if r is None:
+                return None
+            attempts, kind = int(r[0]), str(r[1])
+            if kind in MEDIA_KINDS and attempts >= self._cfg.max_media_attempts:
+                self._conn.execute(
+                    "UPDATE outbox SET state = 'dead', done_at = ?, inflight_since = NULL, "
+                    "last_error = ? WHERE id = ?",
+                    (t, f"gave up after {attempts} attempts: {error}"[:500], row_id),
+                )
+                logger.error("outbox row %d (%s) given up after %d attempts: %s", row_id, kind,
+                             attempts, error)
+                return State.DEAD.value
+            when = t + self.backoff_s(max(attempts, 1)) if backoff else t
+            sets = "state = 'ready', next_attempt_at = ?, inflight_since = NULL, last_error = ?"
+            params: list[Any] = [when, error[:500]]
+            if chunks is not None:
+                sets += ", chunks = ?"
+                params.append(json.dumps(sorted({int(c) for c in chunks})))
+            self._conn.execute(f"UPDATE outbox SET {sets} WHERE id = ?",  # noqa: S608 - constant
+                               (*params, row_id))
+        return State.READY.value
 
     def backoff_s(self, attempts: int) -> float:
         """Full-jitter exponential backoff: uniform in [0, min(max, min × 2^(attempts−1))].
@@ -322,32 +518,28 @@ class Outbox:
         cap = min(self._cfg.backoff_max_s, self._cfg.backoff_min_s * (2**exp))
         return self._rng.uniform(0.0, cap)
 
-    def mark_failed(self, row_id: int, now: float | None, error: str) -> float | None:
+    def mark_failed(
+        self, row_id: int, now: float | None, error: str, chunks: Sequence[int] | None = None
+    ) -> float | None:
         """The attempt failed: back to ready after a backoff.
 
         Args:
             row_id: the row.
             now: time of the failure (None: the clock).
             error: why, kept in ``last_error`` for ``camtrap outbox ls``.
+            chunks: media rows: the chunks still to send (None: keep the current list).
 
         Returns:
-            The time of the next attempt, or None if the row was not in flight or ready.
+            The time of the next attempt, or None if the row was not in flight or ready, or
+            was given up (a media row out of attempts, see :meth:`requeue`).
         """
         t = self._now(now)
-        with transaction(self._conn):
-            r = self._conn.execute(
-                "SELECT attempts FROM outbox WHERE id = ? AND state IN ('inflight', 'ready')",
-                (row_id,),
-            ).fetchone()
-            if r is None:
-                return None
-            when = t + self.backoff_s(max(int(r[0]), 1))
-            self._conn.execute(
-                "UPDATE outbox SET state = 'ready', next_attempt_at = ?, inflight_since = NULL, "
-                "last_error = ? WHERE id = ?",
-                (when, error[:500], row_id),
-            )
-        return when
+        state = self._retry(row_id, t, error, chunks, backoff=True)
+        if state != State.READY:
+            return None
+        r = self._conn.execute("SELECT next_attempt_at FROM outbox WHERE id = ?",
+                               (row_id,)).fetchone()
+        return float(r[0])
 
     def mark_dead(self, row_id: int, now: float | None, error: str) -> None:
         """Give up on a row that can never be sent (e.g. its media file is gone)."""
@@ -422,12 +614,68 @@ class Outbox:
 
     # -- inspection and housekeeping ----------------------------------------------------
 
+    def mark_media_pruned(self, media_path: str, now: float | None = None) -> int:
+        """A media file was deleted to free space: its unsent rows can never be sent."""
+        cur = self._conn.execute(
+            "UPDATE outbox SET state = 'dead', done_at = ?, inflight_since = NULL, "
+            "last_error = 'pruned: disk low' WHERE media_path = ? "
+            "AND state IN ('ready', 'inflight', 'acked-by-broker')",
+            (self._now(now), media_path),
+        )
+        return cur.rowcount
+
+    def resend_events(self, event_ids: Sequence[str], now: float | None = None) -> list[str]:
+        """Send these events' JSON again (a receiver lost them); returns the ids requeued.
+
+        A row that is still waiting (ready, in flight) is left as it is; a finished one
+        (sent, dead, acked-by-broker) goes back to ready, due now. An event whose row was
+        purged gets a new row from the catalogue. Audit samples are never sent.
+        """
+        t = self._now(now)
+        done: list[str] = []
+        with transaction(self._conn):
+            for eid in dict.fromkeys(event_ids):
+                ev = self._conn.execute(
+                    "SELECT outcome, audit, event_json, unit FROM events WHERE id = ?", (eid,)
+                ).fetchone()
+                if ev is None or ev["audit"] or ev["outcome"] not in ("alert", "keep"):
+                    continue
+                row = self._conn.execute(
+                    "SELECT id, state, topic FROM outbox WHERE event_id = ? "
+                    "AND kind IN ('alert', 'event') ORDER BY id DESC LIMIT 1",
+                    (eid,),
+                ).fetchone()
+                if row is None:
+                    kind = Kind.ALERT if ev["outcome"] == "alert" else Kind.EVENT
+                    topic = self._event_topic(eid)
+                    if topic is None:
+                        continue
+                    self.enqueue(kind, topic, payload=ev["event_json"].encode("utf-8"),
+                                 event_id=eid, expires_at=None, now=t)
+                elif row["state"] not in ("ready", "inflight"):
+                    self._conn.execute(
+                        "UPDATE outbox SET state = 'ready', next_attempt_at = ?, done_at = NULL, "
+                        "last_error = 'resend requested' WHERE id = ?",
+                        (t, row["id"]),
+                    )
+                done.append(eid)
+        return done
+
+    def _event_topic(self, event_id: str) -> str | None:
+        """The topic of an earlier event row of the same unit (the prefix is not stored)."""
+        r = self._conn.execute(
+            "SELECT topic FROM outbox WHERE kind IN ('alert', 'event') "
+            "AND event_id LIKE ? ORDER BY id DESC LIMIT 1",
+            (event_id.rsplit("-", 1)[0] + "-%",),
+        ).fetchone()
+        return None if r is None else str(r[0])
+
     def depth(self) -> dict[str, int]:
-        """Unsent rows (ready + in flight) per kind, every kind present."""
+        """Unsent rows (ready, in flight, acked-by-broker) per kind, every kind present."""
         out = {k.value: 0 for k in Kind}
         for r in self._conn.execute(
-            "SELECT kind, COUNT(*) FROM outbox WHERE state IN ('ready', 'inflight') "
-            "GROUP BY kind"
+            "SELECT kind, COUNT(*) FROM outbox "
+            "WHERE state IN ('ready', 'inflight', 'acked-by-broker') GROUP BY kind"
         ):
             out[r[0]] = int(r[1])
         return out
@@ -446,17 +694,27 @@ class Outbox:
         r = self._conn.execute("SELECT * FROM outbox WHERE id = ?", (row_id,)).fetchone()
         return None if r is None else OutboxRow.from_row(r)
 
-    def ls(self, limit: int = 50, states: Sequence[str] | None = None) -> list[OutboxRow]:
-        """Rows in service order: in flight, ready, dead, sent; then priority and age."""
-        where = ""
+    def ls(
+        self,
+        limit: int = 50,
+        states: Sequence[str] | None = None,
+        kinds: Sequence[str] | None = None,
+    ) -> list[OutboxRow]:
+        """Rows in service order: in flight, ready, acked, dead, sent; then priority and age."""
+        conds: list[str] = []
         params: list[Any] = []
         if states:
-            where = f"WHERE state IN ({', '.join('?' for _ in states)})"
+            conds.append(f"state IN ({', '.join('?' for _ in states)})")
             params.extend(State(s).value for s in states)
+        if kinds:
+            conds.append(f"kind IN ({', '.join('?' for _ in kinds)})")
+            params.extend(Kind(k).value for k in kinds)
+        where = f"WHERE {' AND '.join(conds)}" if conds else ""
         params.append(max(0, limit))
         rows = self._conn.execute(
             f"SELECT * FROM outbox {where} ORDER BY CASE state WHEN 'inflight' THEN 0 "  # noqa: S608 - placeholders only
-            "WHEN 'ready' THEN 1 WHEN 'dead' THEN 2 ELSE 3 END, priority, id LIMIT ?",
+            "WHEN 'ready' THEN 1 WHEN 'acked-by-broker' THEN 2 WHEN 'dead' THEN 3 ELSE 4 END, "
+            "priority, id LIMIT ?",
             params,
         ).fetchall()
         return [OutboxRow.from_row(r) for r in rows]

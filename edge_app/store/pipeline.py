@@ -28,6 +28,7 @@ discard     none                                          counted; 1 in N stored
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sqlite3
@@ -41,8 +42,16 @@ from edge_app.errors import ImageError, StorageError
 from edge_app.events import Burst, Frame, Outcome, Verdict
 from edge_app.store.catalog import Catalog, EventRecord
 from edge_app.store.db import db_path, open_db, transaction
-from edge_app.store.media import MediaRef, clean_temp, make_thumbnail, media_paths, store_file
+from edge_app.store.media import (
+    MediaKind,
+    MediaRef,
+    clean_temp,
+    make_thumbnail,
+    media_paths,
+    store_file,
+)
 from edge_app.store.outbox import Kind, Outbox
+from edge_app.store.retention import DiskGuard
 from edge_app.uplink.topics import event_topic, media_topic
 
 logger = logging.getLogger(__name__)
@@ -144,6 +153,7 @@ class EventStore:
         self._conn: sqlite3.Connection | None = None
         self._catalog: Catalog | None = None
         self._outbox: Outbox | None = None
+        self.guard = DiskGuard.from_config(cfg)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -223,6 +233,7 @@ class EventStore:
 
         seq = catalog.current_seq(unit) + 1
         event_id = f"{unit}-{seq}"
+        self._make_room()
         image, thumb = self._write_media(event_id, burst, verdict)
         media = [m for m in (image, thumb) if m is not None]
         event = build_event(
@@ -261,13 +272,32 @@ class EventStore:
         return Recorded(event_id, event)
 
     def _write(self, fn: Callable[[], int]) -> int:
-        """Run ``fn`` in one transaction, translating database failures."""
+        """Run ``fn`` in one transaction, translating database failures.
+
+        A transaction that failed because the card is full is tried once more after pruning
+        media (the database itself needs a little room to commit an alert).
+        """
         assert self._conn is not None
-        try:
-            with transaction(self._conn):
-                return fn()
-        except sqlite3.Error as e:
-            raise StorageError(f"cannot write {self.db_path}: {e}") from e
+        for attempt in (1, 2):
+            try:
+                with transaction(self._conn):
+                    return fn()
+            except sqlite3.Error as e:
+                if attempt == 1 and _is_full(e) and self._make_room(force=True):
+                    continue
+                raise StorageError(f"cannot write {self.db_path}: {e}") from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _make_room(self, force: bool = False, need_bytes: int = 1024 * 1024) -> bool:
+        """Prune media if the card is low on space (or ``force``, after a write failed for
+        lack of it); True if anything was freed."""
+        if not force and not self.guard.low():
+            return False
+        assert self._conn is not None
+        assert self._outbox is not None
+        result = self.guard.prune(self._conn, self._outbox, self.clock.wall(),
+                                  need_bytes=need_bytes if force else 0)
+        return result.files > 0
 
     def _enqueue(
         self,
@@ -281,19 +311,18 @@ class EventStore:
         prefix, unit = self.cfg.mqtt.topic_prefix, rec.unit
         n = 0
         if rec.outcome == "alert":
-            expiry = self.cfg.outbox.alert_expiry_s
             outbox.enqueue(
-                Kind.ALERT, event_topic(prefix, unit), payload=payload, event_id=rec.id,
-                expires_at=now + expiry if expiry > 0 else None, now=now,
+                Kind.ALERT, event_topic(prefix, unit), payload=payload, event_id=rec.id, now=now
             )
         else:
             outbox.enqueue(
                 Kind.EVENT, event_topic(prefix, unit), payload=payload, event_id=rec.id, now=now
             )
         n += 1
+        images_for = self._images_for if self.cfg.mqtt.send_images else frozenset()
         for ref, kind, wanted in (
             (thumb, Kind.THUMB, self._thumbs_for),
-            (image, Kind.IMAGE, self._images_for),
+            (image, Kind.IMAGE, images_for),
         ):
             if ref is not None and rec.outcome in wanted:
                 outbox.enqueue(
@@ -309,29 +338,52 @@ class EventStore:
         """Write the chosen frame and its thumbnail; failures are logged, not raised.
 
         A full or failing card must not cost the alert: the event is still catalogued and
-        queued, just without the media that could not be written.
+        queued, just without the media that could not be written. While the space reserve is
+        in use (the card is full and nothing is left to prune) only the small thumbnail is
+        kept, so the reserve goes to alerts, not to the next 2 MB frame.
         """
         frame = pick_frame(burst, verdict)
         if frame is None:
             return None, None
         img_path, thumb_path = media_paths(self.root, event_id, burst.trigger.wall)
         image = thumb = None
-        try:
-            image = store_file(img_path, frame.jpeg, f"{event_id}-image", "image")
-        except OSError as e:
-            logger.error("%s: frame not written (%s); storing the event without it", event_id, e)
-            return None, None
+        if self.guard.emergency():
+            logger.warning("%s: card full, space reserve in use: keeping the thumbnail only",
+                           event_id)
+        else:
+            try:
+                image = self._store_file(img_path, frame.jpeg, f"{event_id}-image", "image")
+            except OSError as e:
+                logger.error("%s: frame not written (%s); storing the event without it",
+                             event_id, e)
         try:
             small = make_thumbnail(frame.jpeg, self.cfg.storage.thumb_px,
-                                   self.cfg.storage.thumb_quality)
+                                   self.cfg.storage.thumb_quality,
+                                   int(self.cfg.storage.thumb_max_kb * 1024))
         except ImageError as e:
             logger.warning("%s: no thumbnail: %s", event_id, e)
             return image, None
         try:
-            thumb = store_file(thumb_path, small, f"{event_id}-thumb", "thumb")
+            thumb = self._store_file(thumb_path, small, f"{event_id}-thumb", "thumb")
         except OSError as e:
             logger.error("%s: thumbnail not written: %s", event_id, e)
         return image, thumb
+
+    def _store_file(self, path: Path, data: bytes, media_id: str, kind: MediaKind) -> MediaRef:
+        """:func:`store_file`, once more after pruning if the card was full.
+
+        Raises:
+            OSError: the file could not be written even after pruning.
+        """
+        try:
+            return store_file(path, data, media_id, kind)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            logger.warning("%s: card full while writing %s: pruning", media_id, path.name)
+            if not self._make_room(force=True, need_bytes=len(data)):
+                raise
+        return store_file(path, data, media_id, kind)
 
     def _rel(self, ref: MediaRef | None) -> str | None:
         """A media path relative to the storage root, so the card can be read elsewhere."""
@@ -352,6 +404,23 @@ class EventStore:
         finally:
             conn.close()
 
+    def counts_since(self, since: float) -> dict[str, int]:
+        """Stored events per outcome (audit samples apart) triggered at or after ``since``;
+        safe from any thread. Discards are not stored, so they are not in here."""
+        conn = open_db(self.db_path)
+        try:
+            out = {"alert": 0, "keep": 0, "audit": 0}
+            for r in conn.execute(
+                "SELECT outcome, audit, COUNT(*) FROM events WHERE ts >= ? "
+                "GROUP BY outcome, audit", (since,)
+            ):
+                key = "audit" if r[1] else str(r[0])
+                if key in out:
+                    out[key] += int(r[2])
+            return out
+        finally:
+            conn.close()
+
     def counts(self) -> dict[str, int]:
         """Catalogue totals (:meth:`Catalog.counts`); safe from any thread."""
         conn = open_db(self.db_path)
@@ -359,3 +428,9 @@ class EventStore:
             return Catalog(conn).counts()
         finally:
             conn.close()
+
+
+def _is_full(e: sqlite3.Error) -> bool:
+    """SQLITE_FULL ("database or disk is full") or an I/O error from a full card."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "full" in str(e).lower()

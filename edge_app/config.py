@@ -129,6 +129,14 @@ class DetectorConfig:
                                  "pixel as changed", min=1, max=255)
     motion_min_fraction: float = _f(0.002, "motion gate: a frame with fewer changed pixels "
                                     "than this fraction counts as unchanged", min=0, max=1)
+    embedder: str = _f("mobilenet_v1_embedding_uint8_224",
+                       "model card of the frame embedding used by detector.head and "
+                       "[background] (computed once per frame, only when one of them is on)")
+    head: str = _f("", "site head file written by 'camtrap models adapt' ('' = none); a "
+                   "relative path is taken from the models folder")
+    head_threshold: float = _f(0.0, "the head votes 'empty' at or above this P(empty) (0 = "
+                               "the cross-validated threshold stored in the head file)",
+                               min=0, max=1)
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,35 @@ class PolicyConfig:
         "frames, or the k-th best frame (needs vote_k frames to agree)")
     vote_k: int = _f(2, "k_of_n vote: frames that must detect a label/species (capped at the "
                      "frames analysed)", min=1, max=30)
+    motion_keep_fraction: float = _f(
+        0.1, "with detector.motion_gate: a burst frame where at least this fraction of the "
+        "small greyscale copy changed against the pre-trigger frame is kept (the motion "
+        "stage's vote; 0 = motion does not vote)", min=0, max=1)
+
+
+@dataclass(frozen=True)
+class BackgroundConfig:
+    """The self-learned background (edge_app/detect/background.py)."""
+
+    enabled: bool = _f(False, "learn this site's empty scenes (confidently empty frames and "
+                       "scheduled shots) in <storage.root>/background.db and keep any frame "
+                       "unlike all of them")
+    min_similarity: float = _f(0.85, "a frame whose cosine similarity to every known "
+                               "background is below this is kept", min=0, max=1)
+    min_entries: int = _f(4, "the background votes only once it knows this many scenes "
+                          "(until then it abstains)", min=1, max=4096)
+    max_entries: int = _f(256, "most scenes remembered (4 KB of memory, 2 KB of disk each); "
+                          "beyond it the oldest is dropped", min=1, max=4096)
+    max_age_days: float = _f(30.0, "scenes older than this are forgotten (seasons change)",
+                             gt=0)
+    dedupe_similarity: float = _f(0.99, "a new scene at least this similar to a known one "
+                                  "only refreshes that one's time", min=0, max=1)
+    learn_below: float = _f(0.05, "a discarded trigger's frames are learnt only when every "
+                            "detector and classifier score stays below this", min=0, max=1)
+    shot_every_s: float = _f(10800.0, "take a background shot without a trigger this often "
+                             "(0 = never); frames with no detection are learnt", min=0)
+    shots_in_sim: bool = _f(False, "also take scheduled shots with hardware.backend = 'sim' "
+                            "(a replay camera shows animals, which would poison the set)")
 
 
 @dataclass(frozen=True)
@@ -275,6 +312,7 @@ class Config:
     camera: CameraConfig = field(default_factory=CameraConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -381,6 +419,10 @@ def _check(cfg: Config) -> None:
         raise ConfigError("camera.source", "picamera2 needs hardware.backend = 'pi'")
     if cfg.hardware.backend == "pi" and cfg.trigger.sim_every_s:
         raise ConfigError("trigger.sim_every_s", "only allowed with hardware.backend = 'sim'")
+    for key, on in (("detector.head", bool(cfg.detector.head)),
+                    ("background.enabled", cfg.background.enabled)):
+        if on and not cfg.detector.embedder:
+            raise ConfigError(key, "needs detector.embedder (the frame embedding model card)")
     if cfg.outbox.backoff_max_s < cfg.outbox.backoff_min_s:
         raise ConfigError("outbox.backoff_max_s", "must be ≥ outbox.backoff_min_s")
     m = cfg.mqtt

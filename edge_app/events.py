@@ -116,6 +116,16 @@ class FrameResult:
             this result is that frame's, taken over without running the models.
         motion: fraction of the small greyscale copy that changed against the pre-trigger
             frame (None when the gate did not look at this frame).
+        empty_prob: the site head's P(empty), None without a head.
+        head_empty: the site head's vote (P(empty) at or above its threshold), None without
+            a head.
+        background_sim: highest cosine similarity to the trap's known empty scenes, None
+            while the background abstains (off, or too few scenes known).
+        background_known: the background's vote (similarity at or above
+            ``background.min_similarity``), None while it abstains.
+        embedding: the frame's unit embedding (a copy), None when no stage needed it; kept
+            so the daemon can learn a discarded frame as background without computing it
+            twice. Not part of any JSON.
     """
 
     label: Label
@@ -127,6 +137,11 @@ class FrameResult:
     stages_ms: dict[str, float] = field(default_factory=dict)
     gated: bool = False
     motion: float | None = None
+    empty_prob: float | None = None
+    head_empty: bool | None = None
+    background_sim: float | None = None
+    background_known: bool | None = None
+    embedding: Any = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """The ``camtrap detect --json`` object without the ``file`` key."""
@@ -152,6 +167,8 @@ class Verdict:
             or -1 when no frame could be analysed.
         results: one result per frame (None where the frame could not be decoded).
         reason: one line on why, for logs and the catalogue.
+        kept_by: the stages that said "not empty" (``detector``, ``classifier``, ``head``,
+            ``background``, ``motion``, ``unreadable``), in that order; empty for a discard.
     """
 
     outcome: Outcome
@@ -161,3 +178,4 @@ class Verdict:
     best_index: int
     results: tuple[FrameResult | None, ...]
     reason: str = ""
+    kept_by: tuple[str, ...] = ()

@@ -148,7 +148,11 @@ def test_alerts_prints_each_event_once(broker: Broker) -> None:
         pub.loop_stop()
         pub.disconnect()
         proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"camtrap alerts did not stop on SIGINT; printed {lines!r}")
         reader.join(5)
         err = proc.stderr.read() if proc.stderr else ""
     assert proc.returncode == 0, err

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,6 +44,7 @@ from edge_app.detect.cards import (
     verify_model_file,
 )
 from edge_app.detect.decoders import Decoded, Quant
+from edge_app.detect.embed import Embedder
 from edge_app.detect.preprocess import (
     DecodeBuffer,
     DecodedImage,
@@ -55,6 +56,7 @@ from edge_app.detect.preprocess import (
     grey_thumbnail,
 )
 from edge_app.detect.runtime import TensorInfo, TfliteModel
+from edge_app.detect.site_head import SiteHead, load_head
 from edge_app.errors import ImageError, ModelError
 from edge_app.events import (
     CATEGORIES,
@@ -65,6 +67,9 @@ from edge_app.events import (
     Label,
     Species,
 )
+
+if TYPE_CHECKING:
+    from edge_app.detect.background import BackgroundMemory
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +360,19 @@ class Thresholds:
 
 
 @dataclass(slots=True)
+class _Site:
+    """What the embedding-based stages made of one frame."""
+
+    embedding: NDArray[np.float32]
+    embed_ms: float
+    head_ms: float = 0.0
+    empty_prob: float | None = None
+    head_empty: bool | None = None
+    background_sim: float | None = None
+    background_known: bool | None = None
+
+
+@dataclass(slots=True)
 class _Prepared:
     """A decoded frame, letterboxed; valid until the next frame is decoded."""
 
@@ -370,11 +388,21 @@ class Pipeline:
     Not thread-safe (interpreters and buffers are reused): one Pipeline per detect thread.
     """
 
-    def __init__(self, cfg: DetectorConfig, models_dir: Path) -> None:
-        """Load and verify the detector and (unless ``cfg.classifier`` is '') the classifier.
+    def __init__(self, cfg: DetectorConfig, models_dir: Path, *, embed: bool = False,
+                 background: BackgroundMemory | None = None) -> None:
+        """Load and verify the detector, the classifier (unless ``cfg.classifier`` is ''),
+        and the embedding model and site head when they are used.
+
+        Args:
+            cfg: ``[detector]``.
+            models_dir: the models folder (cards, model files, a relative ``cfg.head``).
+            embed: compute the frame embedding even without a head (for the background or
+                for ``camtrap eval --loso``); a head or a background implies it.
+            background: the trap's self-learned background, when on.
 
         Raises:
-            ModelError: a card, model file or label file is missing, invalid or altered.
+            ModelError: a card, model file, label file or head file is missing, invalid or
+                altered, or the head was trained on another embedding model.
         """
         self.cfg = cfg
         self.models_dir = models_dir
@@ -402,12 +430,46 @@ class Pipeline:
                 det.model.close()
                 raise
             self._clf = clf
+        self._embedder: Embedder | None = None
+        self.head: SiteHead | None = None
+        self.background = background
+        """The self-learned background; the daemon sets it once the embedder is known."""
+        if cfg.head or embed or background is not None:
+            try:
+                self._load_embedding(cfg, models_dir)
+            except ModelError:
+                self.close()
+                raise
         self.load_ms = (time.perf_counter() - t0) * 1e3
         """Time to verify, load and warm up the models (``bench`` reports it)."""
         spec = det.card.input
         self._letterbox = Letterboxer(spec.width, spec.height, spec.resize, spec.pad_value)
         self._buffer = DecodeBuffer()
+        self._whole: tuple[tuple[int, int], NDArray[np.uint8]] | None = None
         self.thresholds = Thresholds.resolve(cfg, det.classes)
+
+    def _load_embedding(self, cfg: DetectorConfig, models_dir: Path) -> None:
+        if not cfg.embedder:
+            raise ModelError("detector.embedder", "the site head and the background need an "
+                             "embedding model card")
+        self._embedder = Embedder(cfg.embedder, models_dir, cfg.num_threads)
+        if cfg.head:
+            self.head = load_head(head_path(cfg.head, models_dir), self._embedder.sha256,
+                                  self._embedder.dims)
+            log.info("site head %s: threshold %.3f (%s)", self.head.path,
+                     self.head_threshold, "config" if cfg.head_threshold else "head file")
+
+    @property
+    def head_threshold(self) -> float:
+        """P(empty) at or above which the head votes empty: config, else the head file's."""
+        if self.head is None:
+            return math.inf
+        return self.cfg.head_threshold or self.head.threshold
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The frame embedding model, when loaded."""
+        return self._embedder
 
     @property
     def detector_card(self) -> ModelCard:
@@ -440,6 +502,9 @@ class Pipeline:
         self._det.model.close()
         if self._clf is not None:
             self._clf.model.close()
+        if getattr(self, "_embedder", None) is not None:
+            assert self._embedder is not None
+            self._embedder.close()
 
     # -- one frame ------------------------------------------------------------------------
 
@@ -473,6 +538,7 @@ class Pipeline:
         cfg = self.cfg
         det = self._det
         th = self.thresholds
+        self._whole = None
         t0 = time.perf_counter()
         det.model.set_image(self._letterbox.buffer, bgr=det.card.input.colour_order == "BGR")
         t1 = time.perf_counter()
@@ -515,6 +581,8 @@ class Pipeline:
                     boxes.append(_Box(_ANIMAL, v.conf, (0.0, 0.0, 1.0, 1.0), v.top_class,
                                       v.species, v.conf))
         t4 = time.perf_counter()
+        site = self._site(image)
+        t5 = time.perf_counter()
 
         # max_scores ≥ every reported confidence (a whole-frame species verdict is an animal).
         for b in boxes:
@@ -534,16 +602,55 @@ class Pipeline:
         stages = {"decode": prep.decode_ms, "preprocess": prep.letterbox_ms + (t1 - t0) * 1e3,
                   "invoke": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3,
                   "classify": (t4 - t3) * 1e3}
+        timings = {"decode": decode_ms, "detect": (t3 - t0) * 1e3, "classify": (t4 - t3) * 1e3}
+        if site is not None:
+            stages["embed"] = site.embed_ms
+            stages["head"] = site.head_ms
+            stages["background"] = (t5 - t4) * 1e3 - site.embed_ms - site.head_ms
+            timings["embed"] = (t5 - t4) * 1e3
         return FrameResult(
             label=label,
             species=species,
             score=score,
             detections=detections,
             max_scores=max_scores,
-            timings_ms={"decode": decode_ms, "detect": (t3 - t0) * 1e3,
-                        "classify": (t4 - t3) * 1e3},
+            timings_ms=timings,
             stages_ms=stages,
+            empty_prob=None if site is None else site.empty_prob,
+            head_empty=None if site is None else site.head_empty,
+            background_sim=None if site is None else site.background_sim,
+            background_known=None if site is None else site.background_known,
+            embedding=None if site is None else site.embedding,
         )
+
+    def _site(self, image: Image.Image) -> _Site | None:
+        """The frame embedding, once, and what the head and the background make of it."""
+        emb = self._embedder
+        if emb is None:
+            return None
+        t0 = time.perf_counter()
+        pixels = self._whole_frame(image, emb.size) if emb.stretches else emb.pixels(image)
+        vec = emb.embed_pixels(pixels)
+        t1 = time.perf_counter()
+        out = _Site(embedding=vec.copy(), embed_ms=(t1 - t0) * 1e3)
+        if self.head is not None:
+            out.empty_prob = self.head.empty_prob(vec)
+            out.head_empty = out.empty_prob >= self.head_threshold
+            out.head_ms = (time.perf_counter() - t1) * 1e3
+        bg = self.background
+        if bg is not None:
+            out.background_sim = bg.similarity(vec)
+            out.background_known = bg.is_known(out.background_sim)
+        return out
+
+    def _whole_frame(self, image: Image.Image, size: tuple[int, int]) -> NDArray[np.uint8]:
+        """The whole frame stretched to ``size``, made once per frame: the classifier's
+        whole-frame pass and the embedding model (both 224×224) share it."""
+        if self._whole is not None and self._whole[0] == size:
+            return self._whole[1]
+        pixels = crop_resized(image, None, 0.0, size)
+        self._whole = (size, pixels)
+        return pixels
 
     def _classify(self, image: Image.Image, bbox: tuple[float, float, float, float] | None,
                   thresholds: NDArray[np.float32]) -> _Species:
@@ -556,7 +663,9 @@ class Pipeline:
         clf = self._clf
         assert clf is not None
         spec = clf.card.input
-        pixels = crop_resized(image, bbox, self.cfg.crop_context, (spec.width, spec.height))
+        size = (spec.width, spec.height)
+        pixels = (self._whole_frame(image, size) if bbox is None
+                  else crop_resized(image, bbox, self.cfg.crop_context, size))
         clf.model.set_image(pixels, bgr=spec.colour_order == "BGR")
         probs = decoders.decode_classifier(clf.model.invoke()[0],
                                            bool(clf.card.output.params.get("softmax", False)))
@@ -627,6 +736,12 @@ class Pipeline:
                 continue
             results[i] = dataclasses.replace(self._infer(prep), motion=motion)
         return results
+
+
+def head_path(value: str, models_dir: Path) -> Path:
+    """``detector.head`` as a path: absolute, or relative to the models folder."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else models_dir / p
 
 
 def resolve_models_dir(cli_value: str | None, cfg_value: str) -> Path:

@@ -1,10 +1,13 @@
 """Burst vote and decision: a trigger's frame results → alert, keep or discard.
 
 ARCHITECTURE §4: the stand-in models miss about a third of real animals, so ``discard`` must
-be a *confident* verdict. A trigger is discarded only when every frame was analysed and every
-raw score of every frame (``FrameResult.max_scores``, which includes scores far below the
-detection threshold) stays under ``policy.empty_below``. Anything else that found nothing is
-``keep``: stored locally, never silently dropped.
+be a *confident* verdict. A trigger is discarded only when *every stage* agrees it is empty
+(:func:`stage_votes`): every frame was analysed, every raw score of every frame
+(``FrameResult.max_scores``, which includes scores far below the detection threshold) stays
+under ``policy.empty_below`` (detector and classifier), and — when they are on — the site
+head says empty, the frame looks like a known empty scene (self-learned background), and the
+motion gate saw no large change. Anything else that found nothing is ``keep``: stored
+locally, never silently dropped, and the verdict's ``kept_by`` names the stages that kept it.
 
 Two choices beyond the plain rule, both on the side of not losing an event:
 
@@ -150,24 +153,90 @@ def _top(keys: Sequence[str], votes: dict[str, Evidence]) -> str | None:
     return max(present, key=lambda k: votes[k].score) if present else None
 
 
-def _emptiness(results: Sequence[FrameResult | None], below: float) -> tuple[bool, str, int]:
-    """Is the burst confidently empty? Returns (empty, reason, frame with the highest score)."""
-    worst, worst_key, worst_frame = -1.0, "", -1
+STAGES: tuple[str, ...] = ("detector", "classifier", "head", "background", "motion",
+                           "unreadable")
+"""Who can keep a trigger, in the order ``Verdict.kept_by`` lists them."""
+
+
+def stage_votes(results: Sequence[FrameResult | None],
+                policy: PolicyConfig) -> dict[str, tuple[int, str]]:
+    """Every stage that says the burst is *not* empty: stage → (frame, why).
+
+    The fusion rule of ARCHITECTURE §4: a trigger is discarded only when no stage keeps it.
+
+    * ``detector``: a category's raw score (``max_scores``, below the box threshold too)
+      reached ``policy.empty_below``; also a frame with no raw scores at all.
+    * ``classifier``: a species' raw score (summed classifier probability) reached it.
+    * ``head``: the site head's P(empty) stayed below its threshold (``head_empty`` False).
+    * ``background``: the frame is unlike every known empty scene (``background_known``
+      False).
+    * ``motion``: with the motion gate on, at least ``policy.motion_keep_fraction`` of the
+      frame changed against the pre-trigger frame.
+    * ``unreadable``: a frame could not be decoded: it may be the one with the animal.
+
+    A stage that did not look (no head, background still learning, gate off) abstains.
+    For each stage the frame reported is the one with the strongest evidence.
+    """
+    below = policy.empty_below
+    best: dict[str, tuple[float, int, str]] = {}
+
+    def vote(stage: str, strength: float, frame: int, why: str) -> None:
+        if stage not in best or strength > best[stage][0]:
+            best[stage] = (strength, frame, why)
+
+    species_keys = set(SPECIES)
+    for i, r in enumerate(results):
+        if r is None:
+            vote("unreadable", 1.0, i, f"frame {i} could not be decoded")
+            continue
+        if not r.max_scores:
+            vote("detector", 1.0, i, f"frame {i} has no raw scores to judge emptiness")
+        for key, v in r.max_scores.items():
+            if v >= below:
+                vote("classifier" if key in species_keys else "detector", v, i,
+                     f"nothing detected but {key} reached {v:.2f} (≥ empty_below "
+                     f"{below:.2f}) in frame {i}")
+        if r.head_empty is False and r.empty_prob is not None:
+            vote("head", 1.0 - r.empty_prob, i,
+                 f"the site head gives P(empty) {r.empty_prob:.2f}, below its threshold, "
+                 f"in frame {i}")
+        if r.background_known is False and r.background_sim is not None:
+            vote("background", 1.0 - r.background_sim, i,
+                 f"frame {i} is unlike every known empty scene (similarity "
+                 f"{r.background_sim:.2f})")
+        keep_at = policy.motion_keep_fraction
+        if keep_at > 0 and r.motion is not None and r.motion >= keep_at:
+            vote("motion", r.motion, i, f"{100 * r.motion:.1f} % of frame {i} changed "
+                 f"against the pre-trigger frame (≥ motion_keep_fraction {keep_at:g})")
+    return {st: (best[st][1], best[st][2]) for st in STAGES if st in best}
+
+
+def _emptiness(results: Sequence[FrameResult | None],
+               policy: PolicyConfig) -> tuple[bool, str, int, tuple[str, ...]]:
+    """Is the burst confidently empty? (empty, reason, frame to keep, stages that kept it)."""
+    below = policy.empty_below
+    worst, worst_frame = -1.0, -1
     for i, r in enumerate(results):
         if r is None:
             continue
-        for key, v in r.max_scores.items():
+        for v in r.max_scores.values():
             if v > worst:
-                worst, worst_key, worst_frame = v, key, i
-    missing = [i for i, r in enumerate(results) if r is None]
-    if missing:
-        return False, f"frame(s) {missing} could not be decoded", worst_frame
-    if any(not r.max_scores for r in results if r is not None):
-        return False, "a frame has no raw scores to judge emptiness", worst_frame
-    if worst >= below:
-        return (False, f"nothing detected but {worst_key} reached {worst:.2f} "
-                f"(≥ empty_below {below:.2f}) in frame {worst_frame}", worst_frame)
-    return True, f"every score below empty_below {below:.2f} (max {worst:.2f})", worst_frame
+                worst, worst_frame = v, i
+    votes = stage_votes(results, policy)
+    if votes:
+        first = next(iter(votes.values()))
+        reason = "; ".join(why for _, why in votes.values())
+        frame = worst_frame if "detector" in votes or "classifier" in votes else first[0]
+        return False, reason, frame, tuple(votes)
+    agreed = [f"every score below empty_below {below:.2f} (max {worst:.2f})"]
+    analysed = [r for r in results if r is not None]
+    if any(r.head_empty for r in analysed):
+        p = min(r.empty_prob or 0.0 for r in analysed)
+        agreed.append(f"the site head says empty (P(empty) ≥ {p:.2f})")
+    if any(r.background_known for r in analysed):
+        sim = min(r.background_sim or 0.0 for r in analysed)
+        agreed.append(f"every frame looks like a known empty scene (similarity ≥ {sim:.2f})")
+    return True, "; ".join(agreed), worst_frame, ()
 
 
 def decide(results: Sequence[FrameResult | None], policy: PolicyConfig,
@@ -187,7 +256,8 @@ def decide(results: Sequence[FrameResult | None], policy: PolicyConfig,
     frozen = tuple(results)
     if not frozen or all(r is None for r in frozen):
         return Verdict("keep", "empty", None, 0.0, -1, frozen,
-                       "no frame could be analysed; kept, never dropped unseen")
+                       "no frame could be analysed; kept, never dropped unseen",
+                       ("unreadable",))
     votes = (vote or vote_for(policy))(frozen)
     alert_on = set(policy.alert_on)
 
@@ -216,8 +286,21 @@ def decide(results: Sequence[FrameResult | None], policy: PolicyConfig,
         outcome: Outcome = "alert" if alerting else "keep"
         reason = (f"{what} in frame {ev.frame} is on the alert list" if alerting
                   else f"{what} in frame {ev.frame}, not on the alert list")
-        return Verdict(outcome, label, species, ev.score, ev.frame, frozen, reason)
+        # Who else agreed it is not empty; a box always counts for its stage.
+        kept = set(stage_votes(frozen, policy))
+        kept.add("classifier" if species is not None and label == "animal"
+                 and _whole_frame_only(frozen) else "detector")
+        return Verdict(outcome, label, species, ev.score, ev.frame, frozen, reason,
+                       tuple(st for st in STAGES if st in kept))
 
-    empty, reason, frame = _emptiness(frozen, policy.empty_below)
-    return Verdict("discard" if empty else "keep", "empty", None, 0.0, frame, frozen, reason)
+    empty, reason, frame, kept_by = _emptiness(frozen, policy)
+    return Verdict("discard" if empty else "keep", "empty", None, 0.0, frame, frozen, reason,
+                   kept_by)
+
+
+def _whole_frame_only(results: Sequence[FrameResult | None]) -> bool:
+    """True when every box of the burst is a whole-frame classifier verdict (no detector
+    box): then the classifier, not the detector, is what kept the trigger."""
+    boxes = [d for r in results if r is not None for d in r.detections]
+    return bool(boxes) and all(d.bbox == (0.0, 0.0, 1.0, 1.0) for d in boxes)
 

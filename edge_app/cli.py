@@ -221,8 +221,12 @@ BENCHES: list[tuple[str, str, str]] = [
      "per SF, emulated end-to-end latency (starts its own mosquitto)"),
 ]
 AREA_COMMANDS: list[tuple[str, str, str]] = [
-    ("eval", "edge_app.detect.evaluate", "precision/recall of the detector on labelled images"),
-    ("models", "edge_app.detect.models_cli", "list model cards / verify model files"),
+    ("eval", "edge_app.detect.evaluate", "precision/recall of the detector on labelled images "
+     "(--head, --loso)"),
+    ("models", "edge_app.detect.models_cli", "list model cards / verify model files / adapt "
+     "a site head"),
+    ("label", "edge_app.label", "label a folder of frames in the browser (the CSV models "
+     "adapt reads)"),
     ("lorawan", "edge_app.uplink.lorawan_cli", "LoRaWAN payload tools: encode/decode alerts, "
      "status and commands"),
 ]

@@ -19,7 +19,7 @@ import logging
 import signal
 import statistics
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from edge_app import __version__
 from edge_app.capture import capture_burst
 from edge_app.clock import Clock, SystemClock
 from edge_app.config import Config
+from edge_app.detect.background import BackgroundMemory
 from edge_app.detect.pipeline import Pipeline, resolve_models_dir
 from edge_app.detect.policy import decide
 from edge_app.errors import StorageError
@@ -46,6 +47,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+BACKGROUND_SHOT = "background"
+"""``TriggerEvent.source`` of a scheduled background shot (not a PIR trigger: learnt, never
+decided or stored)."""
+
 
 @dataclass
 class Counters:
@@ -63,6 +68,8 @@ class Counters:
     kept: int = 0  # store: stored triggers (alert + keep)
     alerts: int = 0  # store: alerts queued
     audits: int = 0  # store: discarded but kept locally as an audit sample
+    background_shots: int = 0  # detect: scheduled background shots analysed
+    background_learnt: int = 0  # detect: new scenes added to the background set
     latencies_ms: list[float] = field(default_factory=list)  # store: trigger → queued
 
     def snapshot(self) -> dict[str, Any]:
@@ -96,7 +103,15 @@ class App:
         cfg = load_settings_from_db(cfg)
         self.cfg = cfg
         # Load the models first: a wrong or missing file must stop start-up, not a thread.
-        self.pipeline = Pipeline(cfg.detector, models_dir)
+        self.pipeline = Pipeline(cfg.detector, models_dir, embed=cfg.background.enabled)
+        self.background: BackgroundMemory | None = None
+        if cfg.background.enabled:
+            emb = self.pipeline.embedder
+            assert emb is not None  # embed=True loads it
+            self.background = BackgroundMemory(Path(cfg.storage.root), emb.dims, emb.sha256,
+                                               cfg.background, self.clock)
+            self.background.open()  # a card that cannot hold it must stop start-up too
+            self.pipeline.background = self.background
         self.pin_factory = (
             pin_factory if pin_factory is not None else make_pin_factory(cfg.hardware.backend)
         )
@@ -126,6 +141,10 @@ class App:
         self.supervisor.add("store", self._store_loop, self.decided.wake)
         self.supervisor.add("detect", self._detect_loop, self.bursts.wake)
         self.supervisor.add("capture", self._capture_loop, self.triggers.wake)
+        bg = cfg.background
+        if bg.enabled and bg.shot_every_s > 0 and (cfg.hardware.backend != "sim"
+                                                   or bg.shots_in_sim):
+            self.supervisor.add("background-shots", self._shots_loop, None)
         if self.world is not None and cfg.trigger.sim_every_s > 0:
             world, every = self.world, cfg.trigger.sim_every_s
             # A passing animal holds the PIR high for a while, but never past the next visit.
@@ -141,9 +160,24 @@ class App:
         if not self.triggers.put_drop_oldest(ev):
             self.counters.triggers_dropped += 1
 
+    def _shots_loop(self, stop: threading.Event) -> None:
+        """Scheduled background shots: every ``background.shot_every_s``, a frame without a
+        trigger, so the background learns night, dawn and the new season from the scene
+        itself (a trap cannot learn a scene from its discards while the background keeps
+        vetoing it). The shot goes through the capture stage (the camera's only user) and
+        the detect stage (the pipeline's only user), and only when no real trigger waits."""
+        every = self.cfg.background.shot_every_s
+        while not self.clock.wait(stop, every):
+            if self.triggers.qsize() == 0:
+                self.triggers.put_drop_oldest(TriggerEvent(
+                    0, self.clock.monotonic(), self.clock.wall(), BACKGROUND_SHOT))
+
     def _capture_loop(self, stop: threading.Event) -> None:
         while (ev := self.triggers.get(stop)) is not None:
-            burst = capture_burst(self.camera, ev, self.cfg.camera, self.clock, stop)
+            cam = self.cfg.camera
+            if ev.source == BACKGROUND_SHOT:  # one frame of the scene as it is
+                cam = replace(cam, pre_trigger_frames=0, burst_frames=1)
+            burst = capture_burst(self.camera, ev, cam, self.clock, stop)
             if burst.frames and not self.bursts.put_drop_oldest(burst):
                 self.counters.triggers_dropped += 1
 
@@ -152,15 +186,54 @@ class App:
             # Motion gate, detector and classifier per frame; unreadable frames come back
             # as None (logged by the pipeline) and never count as evidence of emptiness.
             results: list[FrameResult | None] = self.pipeline.analyse_burst(burst.frames)
+            if burst.trigger.source == BACKGROUND_SHOT:
+                self._learn_shot(results)
+                continue
             self.counters.frames += len(results)
             self.counters.frames_failed += sum(r is None for r in results)
             self.counters.frames_gated += sum(r is not None and r.gated for r in results)
             verdict = decide(results, self.cfg.policy)
-            logger.info("trigger %d: %s %s %s (%.2f)", burst.trigger.number, verdict.outcome,
-                        verdict.label, verdict.species or "", verdict.score)
+            logger.info("trigger %d: %s %s %s (%.2f)%s", burst.trigger.number, verdict.outcome,
+                        verdict.label, verdict.species or "", verdict.score,
+                        f" kept by {', '.join(verdict.kept_by)}" if verdict.kept_by else "")
+            if verdict.outcome == "discard":
+                self._learn_discard(results)
             if not self.decided.put_wait((burst, verdict), stop):
                 logger.warning("stopping: trigger %d decided but not stored",
                                burst.trigger.number)
+
+    def _learn(self, vecs: list[Any], kind: str) -> None:
+        """Add embeddings to the background set; a write failure is logged, not fatal (the
+        set is an aid: losing one scene must not stop detection)."""
+        bg = self.background
+        if bg is None:
+            return
+        for vec in vecs:
+            try:
+                if bg.add(vec, kind):
+                    self.counters.background_learnt += 1
+            except StorageError as e:
+                logger.warning("background: scene not learnt: %s", e)
+                return
+
+    def _learn_discard(self, results: list[FrameResult | None]) -> None:
+        """A discarded trigger is learnt only with a margin: every detector and classifier
+        score of every frame below ``background.learn_below`` (a frame the fusion discarded
+        at 0.14 may still hide an animal; the set must not learn it as "empty")."""
+        below = self.cfg.background.learn_below
+        frames = [r for r in results if r is not None]
+        if not frames or any(max(r.max_scores.values(), default=1.0) >= below
+                             for r in frames):
+            return
+        self._learn([r.embedding for r in frames if r.embedding is not None and not r.gated],
+                    "empty")
+
+    def _learn_shot(self, results: list[FrameResult | None]) -> None:
+        """A scheduled shot is learnt unless something was detected in it (an animal that
+        happened to stand there is not background)."""
+        self.counters.background_shots += 1
+        self._learn([r.embedding for r in results if r is not None and r.label == "empty"
+                     and r.embedding is not None], "shot")
 
     def _store_loop(self, stop: threading.Event) -> None:
         self.store.open()  # the store thread owns its SQLite connection
@@ -226,6 +299,8 @@ class App:
         late = self.supervisor.stop(timeout_s)
         self.camera.close()
         self.pipeline.close()
+        if self.background is not None:
+            self.background.close()
         self._started = False
         return late
 
@@ -286,8 +361,13 @@ class App:
             "since_start": self.counters.snapshot(),
             "last_24h": self.store.counts_since(now - 86400.0),
             "models": {"detector": self.cfg.detector.detector,
-                       "classifier": self.cfg.detector.classifier or None},
+                       "classifier": self.cfg.detector.classifier or None,
+                       "head": self.cfg.detector.head or None},
         }
+        if self.background is not None:
+            # Read from the uplink thread while detect may add: a torn read of two ints is
+            # harmless in a stats message.
+            out["background"] = self.background.stats()
         if self.lora is not None:
             out["lorawan"] = self.lora.stats()  # counters and the airtime budget
         return out

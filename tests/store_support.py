@@ -81,7 +81,7 @@ def burst_and_verdict(
     return Burst(trigger=trig, frames=fr), verdict
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+def wait_for(cond: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
     """Poll ``cond`` until true, failing the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

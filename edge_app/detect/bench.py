@@ -13,9 +13,21 @@ detector's inference costs, the crop classifier's own inference included. The cl
 bare invoke is reported too (``classifier_invoke_ms_median``), so the software overhead
 alone is ``overhead_ratio_excl_classifier`` = (frame − invoke − classifier invokes) / invoke.
 
-Peak RSS is measured in a fresh child process that loads the detector and the classifier and
-processes one frame (the largest benchmark image): the parent has loaded every model in the
-pack by then, and ``ru_maxrss`` never goes down.
+Site adaptation (issue 6) adds, per frame, the whole-frame embedding (one MobileNetV1 invoke on
+the 224×224 frame the classifier's whole-frame pass also uses), the site head (a 1024×4
+product) and the background lookup (a product with every remembered scene). When the
+embedding card's model file is in the models folder the pipeline runs with all three, and
+``site`` reports their medians and ``added_ms_median``, the added cost per frame (embed + head
++ background, summed per frame). The head is ``--head FILE`` or, without it, a zero head of
+the same shape (its cost does not depend on its weights); the background is full
+(``background.max_entries`` random scenes): the worst case. The pre-existing figures
+(``frame_ms_median``, the overhead ratios, ``stages_ms``) leave these stages out, so they stay
+comparable with earlier runs; ``frame_with_site_ms_median`` includes them.
+
+Peak RSS is measured in a fresh child process that loads the detector, the classifier and (when
+present) the embedding model with a head and a full background, and processes one frame (the
+largest benchmark image): the parent has loaded every model in the pack by then, and
+``ru_maxrss`` never goes down.
 
 ``jpeg_entropy_floor_ms`` is the median time of libjpeg-turbo's cheapest possible decode of
 the same files (1/8 scale, greyscale: DC coefficients only). Entropy decoding reads every
@@ -65,7 +77,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=5, help="passes over the images (default 5)")
     p.add_argument("--threads", type=int, default=0, help="interpreter threads (0 = CPUs)")
     p.add_argument("--json", action="store_true", help="machine-readable results")
+    p.add_argument("--head", metavar="FILE", help="site head file to time (default: a zero "
+                   "head of the same shape; the cost does not depend on the weights)")
+    p.add_argument("--no-site", action="store_true",
+                   help="leave the embedding, head and background out")
     p.add_argument("--rss-probe", metavar="IMAGE", help=argparse.SUPPRESS)
+    p.add_argument("--rss-site", action="store_true", help=argparse.SUPPRESS)
 
 
 def _median(xs: list[float]) -> float:
@@ -112,17 +129,23 @@ def detector_cards(models_dir: Path) -> list[str]:
 
 
 def rss_probe(models_dir: Path, detector: str, classifier: str, image: Path,
-              threads: int) -> float:
-    """Peak RSS (MB) of a fresh process that loads both models and analyses ``image``."""
+              threads: int, site: bool = False, head: str | None = None) -> float:
+    """Peak RSS (MB) of a fresh process that loads the models (with ``site``: the embedding
+    model, a head and a full background too) and analyses ``image``."""
     cmd = [sys.executable, "-m", "edge_app", "bench", "detect", "--models", str(models_dir),
            "--detector", detector, "--classifier", classifier, "--threads", str(threads),
            "--rss-probe", str(image)]
+    if site:
+        cmd.append("--rss-site")
+        if head:
+            cmd += ["--head", head]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def _probe_main(args: argparse.Namespace, models_dir: Path) -> int:
     import resource
+    import tempfile
 
     from edge_app.config import DetectorConfig
     from edge_app.detect.pipeline import Pipeline
@@ -130,17 +153,69 @@ def _probe_main(args: argparse.Namespace, models_dir: Path) -> int:
     cfg = replace(DetectorConfig(), detector=args.detector[0], num_threads=args.threads)
     if args.classifier is not None:
         cfg = replace(cfg, classifier=args.classifier)
-    with Pipeline(cfg, models_dir) as p:
+    with tempfile.TemporaryDirectory() as tmp, \
+            Pipeline(cfg, models_dir, embed=args.rss_site) as p:
+        if args.rss_site:
+            _add_site(p, args.head, Path(tmp))
         p.analyse(Path(args.rss_probe).read_bytes())
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if p.background is not None:
+            p.background.close()
     print(f"{peak_kb / 1024:.1f}")
     return 0
 
 
+def site_available(models_dir: Path) -> bool:
+    """True when the default embedding card's model file is in the models folder."""
+    from edge_app.config import DetectorConfig
+    from edge_app.detect.cards import find_card, load_card
+    from edge_app.errors import ModelError
+
+    name = DetectorConfig().embedder
+    try:
+        card = load_card(find_card(name, models_dir))
+    except ModelError:
+        return False
+    return (models_dir / card.file).is_file()
+
+
+def _add_site(p: Any, head_file: str | None, tmp: Path) -> None:
+    """Give a pipeline (loaded with ``embed=True``) a head and a full background."""
+    import numpy as np
+
+    from edge_app.clock import SystemClock
+    from edge_app.config import BackgroundConfig
+    from edge_app.detect.background import BackgroundMemory
+    from edge_app.detect.site_head import CLASSES, SiteHead, load_head
+
+    emb = p.embedder
+    assert emb is not None
+    if head_file:
+        p.head = load_head(Path(head_file), emb.sha256, emb.dims)
+    else:
+        k = len(CLASSES)
+        p.head = SiteHead(np.zeros((emb.dims, k), np.float32), np.zeros(k, np.float32),
+                          np.zeros(emb.dims, np.float32), CLASSES, 0.5)
+    cfg = BackgroundConfig(enabled=True, min_entries=1, dedupe_similarity=1.1)
+    bg = BackgroundMemory(tmp, emb.dims, emb.sha256, cfg, SystemClock())
+    bg.open()
+    rng = np.random.default_rng(0)
+    for _ in range(cfg.max_entries):
+        v = rng.standard_normal(emb.dims).astype(np.float32)
+        bg.add(v / np.linalg.norm(v), "shot")
+    p.background = bg
+
+
+SITE_STAGES = ("embed", "head", "background")
+
+
 def bench_detector(models_dir: Path, detector: str, classifier: str | None,
                    images: list[tuple[str, bytes]], repeat: int,
-                   threads: int) -> dict[str, Any]:
-    """Time one detector (with the classifier) over ``images``; see the module docstring."""
+                   threads: int, site: bool = False,
+                   head: str | None = None) -> dict[str, Any]:
+    """Time one detector (with the classifier, and with ``site`` the embedding, head and
+    background) over ``images``; see the module docstring."""
+    import tempfile
     import time
 
     from edge_app.config import DetectorConfig
@@ -150,14 +225,21 @@ def bench_detector(models_dir: Path, detector: str, classifier: str | None,
     if classifier is not None:
         cfg = replace(cfg, classifier=classifier)
     frames: list[float] = []
+    frames_site: list[float] = []
     invokes: list[float] = []
     clf_invokes: list[float] = []
     clf_per_frame: list[float] = []
+    emb_invokes: list[float] = []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
-    with Pipeline(cfg, models_dir) as p:
+    site_stages: dict[str, list[float]] = {s: [] for s in SITE_STAGES}
+    added: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp, Pipeline(cfg, models_dir, embed=site) as p:
+        if site:
+            _add_site(p, head, Path(tmp))
         load_ms = p.load_ms
         det = p.detector_model
         clf = p.classifier_model
+        emb = p.embedder
         for _, data in images:  # warm-up: caches, XNNPACK packing, the decode buffer
             p.analyse(data)
         for _ in range(repeat):
@@ -167,7 +249,9 @@ def bench_detector(models_dir: Path, detector: str, classifier: str | None,
                 t1 = time.perf_counter()
                 det.run()  # bare invoke, same input, same conditions
                 t2 = time.perf_counter()
-                frames.append((t1 - t0) * 1e3)
+                site_ms = sum(r.stages_ms.get(s, 0.0) for s in SITE_STAGES)
+                frames_site.append((t1 - t0) * 1e3)
+                frames.append((t1 - t0) * 1e3 - site_ms)
                 invokes.append((t2 - t1) * 1e3)
                 for s in STAGES:
                     stages[s].append(r.stages_ms.get(s, 0.0))
@@ -177,12 +261,33 @@ def bench_detector(models_dir: Path, detector: str, classifier: str | None,
                     clf.run()
                     clf_invokes.append((time.perf_counter() - t3) * 1e3)
                 clf_per_frame.append(float(passes))
+                if emb is not None:
+                    for s in SITE_STAGES:
+                        site_stages[s].append(r.stages_ms.get(s, 0.0))
+                    added.append(site_ms)
+                    t4 = time.perf_counter()
+                    emb.model.run()
+                    emb_invokes.append((time.perf_counter() - t4) * 1e3)
         threads_used = det.num_threads
         alloc_kb = _alloc_peak_kb(p, images)
+        scenes = 0 if p.background is None else len(p.background)
+        if p.background is not None:
+            p.background.close()
     inv = _median(invokes)
     frame = _median(frames)
     clf_inv = _median(clf_invokes)
     clf_total = clf_inv * statistics.mean(clf_per_frame) if clf_per_frame else 0.0
+    site_doc = None
+    if emb is not None:
+        site_doc = {
+            "embedder": cfg.embedder,
+            "head": head or "zero head (same shape)",
+            "background_scenes": scenes,
+            "stages_ms": {s: round(_median(v), 3) for s, v in site_stages.items()},
+            "embed_invoke_ms_median": round(_median(emb_invokes), 2),
+            "added_ms_median": round(_median(added), 2),
+            "added_ms_p90": round(sorted(added)[int(0.9 * (len(added) - 1))], 2),
+        }
     return {
         "model": detector,
         "classifier": cfg.classifier or None,
@@ -201,6 +306,8 @@ def bench_detector(models_dir: Path, detector: str, classifier: str | None,
         "stages_ms": {s: round(_median(v), 2) for s, v in stages.items()},
         "alloc_peak_kb_median": round(alloc_kb, 1),
         "jpeg_entropy_floor_ms": _entropy_floor_ms(images),
+        "frame_with_site_ms_median": round(_median(frames_site), 2),
+        "site": site_doc,
     }
 
 
@@ -286,12 +393,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     largest = max(images, key=lambda item: len(item[1]))[0]
     detectors = args.detector or detector_cards(models_dir)
+    site = not args.no_site and (bool(args.head) or site_available(models_dir))
     results = []
     for name in detectors:
         res = bench_detector(models_dir, name, args.classifier, images, args.repeat,
-                             args.threads)
+                             args.threads, site=site, head=args.head)
         res["peak_rss_mb"] = rss_probe(models_dir, name, res["classifier"] or "",
-                                       folder / largest, args.threads)
+                                       folder / largest, args.threads, site, args.head)
         results.append(res)
         if not args.json:
             print(_text(res), flush=True)
@@ -320,4 +428,13 @@ def _text(r: dict[str, Any]) -> str:
         f"  load {r['load_ms']:.0f} ms  peak RSS {r['peak_rss_mb']:.1f} MB  "
         f"numpy/Python allocation peak per frame {r['alloc_peak_kb_median']:.0f} KB",
     ]
+    site = r.get("site")
+    if site:
+        st = site["stages_ms"]
+        lines.append(
+            f"  site adaptation adds {site['added_ms_median']:.2f} ms per frame (p90 "
+            f"{site['added_ms_p90']:.2f}): embed {st['embed']:.2f} (bare invoke "
+            f"{site['embed_invoke_ms_median']:.2f}), head {st['head']:.3f}, background "
+            f"{st['background']:.3f} ({site['background_scenes']} scenes); frame with it "
+            f"{r['frame_with_site_ms_median']:.1f} ms")
     return "\n".join(lines)

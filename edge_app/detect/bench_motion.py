@@ -7,7 +7,9 @@ pre-trigger frame. Every burst is analysed twice, gate off and gate on, and the 
 
 * frames inferred with and without the gate, and the time per burst both ways;
 * whether every burst's verdict (outcome, label, species) is the same both ways — the gate
-  must never change a decision, only skip work.
+  must never change a decision, only skip work (judged with the motion vote off);
+* which bursts the motion *vote* (``policy.motion_keep_fraction``: a large change against the
+  pre-trigger frame keeps the trigger) keeps that the other stages would have discarded.
 
 A stand-in reference that may already show the animal is the *harder* case for the gate: a
 frame that looks like it takes the reference's result, animal included.
@@ -87,6 +89,10 @@ def measure(models_dir: Path, bursts: list[list[Path]]) -> dict[str, Any]:
     frames_of = [[Frame(p.read_bytes(), 0.0, 0.0, i, i == 0, p.name) for i, p in enumerate(b)]
                  for b in bursts]
     runs: dict[bool, dict[str, Any]] = {}
+    # The gate's skipping is judged with the motion *vote* off (it must change no decision);
+    # what the vote then adds (policy.motion_keep_fraction) is reported on its own.
+    no_vote = replace(PolicyConfig(), motion_keep_fraction=0.0)
+    voted: list[bool] = []
     for gate in (False, True):
         cfg = replace(DetectorConfig(), motion_gate=gate)
         with Pipeline(cfg, models_dir) as p:
@@ -96,7 +102,10 @@ def measure(models_dir: Path, bursts: list[list[Path]]) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 results = p.analyse_burst(frames)
                 times.append((time.perf_counter() - t0) * 1e3)
-                v = decide(results, PolicyConfig())
+                v = decide(results, no_vote)
+                if gate:  # a discard that the motion vote turns into a keep
+                    voted.append(v.outcome == "discard"
+                                 and decide(results, PolicyConfig()).outcome != "discard")
                 verdicts.append((v.outcome, v.label, v.species))
                 inferred += sum(r is not None and not r.gated for r in results)
                 motions.append([None if r is None or r.motion is None else round(r.motion, 4)
@@ -115,9 +124,12 @@ def measure(models_dir: Path, bursts: list[list[Path]]) -> dict[str, Any]:
         "burst_ms_median_gate_on": round(statistics.median(on["times"]), 1),
         "time_saved": round(1 - sum(on["times"]) / sum(off["times"]), 3),
         "verdicts_identical": off["verdicts"] == on["verdicts"],
+        "motion_keep_fraction": PolicyConfig().motion_keep_fraction,
+        "kept_by_motion_vote": sum(voted),
         "per_burst": [
             {"frames": [p.name for p in b], "verdict": list(off["verdicts"][i]),
-             "verdict_gate_on": list(on["verdicts"][i]), "motion": on["motions"][i]}
+             "verdict_gate_on": list(on["verdicts"][i]), "motion": on["motions"][i],
+             "kept_by_motion_vote": voted[i]}
             for i, b in enumerate(bursts)],
     }
 
@@ -150,8 +162,11 @@ def main(args: argparse.Namespace) -> int:
           f"{r['burst_ms_median_gate_on']:.0f} ms; total time saved "
           f"{100 * r['time_saved']:.0f} %")
     print(f"  verdicts identical with and without the gate: {r['verdicts_identical']}")
+    print(f"  discards the motion vote turns into keeps (policy.motion_keep_fraction "
+          f"{r['motion_keep_fraction']:g}): {r['kept_by_motion_vote']}")
     for b in r["per_burst"]:
         names = " ".join(Path(n).stem[-8:] for n in b["frames"])
         verdict = "/".join(str(x) for x in b["verdict"] if x)
-        print(f"    {names}: {verdict}; changed {b['motion'][1:]}")
+        vote = "; kept by the motion vote" if b["kept_by_motion_vote"] else ""
+        print(f"    {names}: {verdict}; changed {b['motion'][1:]}{vote}")
     return 0

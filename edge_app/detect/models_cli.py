@@ -1,4 +1,4 @@
-"""``camtrap models ls`` and ``camtrap models verify [DIR]``.
+"""``camtrap models ls``, ``camtrap models verify [DIR]`` and ``camtrap models adapt``.
 
 ``ls`` is cheap (no hashing, no runtime): which cards exist, what they describe, and whether
 their files are in the models folder. ``verify`` is what a technician runs after copying
@@ -30,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--card", action="append", metavar="NAME",
                    help="also require this card's file to be present (repeatable)")
     v.add_argument("--json", action="store_true", help="one JSON object per card")
+    from edge_app.detect import adapt
+
+    a = sub.add_parser("adapt", help="train this site's head (empty/animal/person/vehicle) "
+                       "from labelled frames")
+    adapt.add_arguments(a)
 
 
 def list_cards(models_dir: Path | None) -> list[tuple[Path, Any]]:
@@ -161,7 +166,11 @@ def _report(as_json: bool, name: str, status: str, detail: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``camtrap models ls|verify``."""
+    """``camtrap models ls|verify|adapt``."""
     if args.models_action == "ls":
         return _ls(args)
+    if args.models_action == "adapt":
+        from edge_app.detect import adapt
+
+        return adapt.main(args)
     return _verify(args)

@@ -7,6 +7,14 @@ night and half-hidden cats (the cameratrapai ocelot), and a trap that drops a le
 than no filter. For a burst (:meth:`Pipeline.analyse_burst`) an optional motion gate first
 compares each frame with the pre-trigger frame and skips inference where nothing changed.
 
+Site adaptation (issue 6): when a site head (``detector.head``) or the self-learned background
+is on, the frame is also embedded once (:mod:`edge_app.detect.embed`), on the frame already
+decoded for the detector and, when the classifier looked at the whole frame, on the very same
+224×224 pixels; the head's P(empty) and the background's similarity are computed from that one
+vector and recorded in the result, and the embedding itself is kept for the daemon to learn
+from. The pipeline only records these votes: combining them is the policy's job
+(:func:`edge_app.detect.policy.decide`).
+
 Thresholds are per camtrap category and species (``[detector.thresholds]``): the decoder keeps
 candidates above the lowest of them and each box must clear its own category's; a species is
 named only above its own threshold.

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_app.detect.adapt import MIN_EXAMPLES, TARGET_RECALL
 from edge_app.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ REQUIRED = ("empty", "animal")
 """Classes the decision depends on: ``models adapt`` refuses to train without enough of each."""
 LAMBDAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
 """L2 penalties tried by cross-validation (on unit-length inputs)."""
-DEFAULT_TARGET_RECALL = 0.95
-DEFAULT_MIN_EXAMPLES = 5
+DEFAULT_TARGET_RECALL = TARGET_RECALL
+DEFAULT_MIN_EXAMPLES = MIN_EXAMPLES
 CV_FOLDS = 5
 CV_REPEATS = 2
 MAX_ITER = 800
@@ -172,7 +173,7 @@ def fit_softmax(X: NDArray[np.float64], y: NDArray[np.intp], k: int, lam: float,
     Returns:
         (mean, W, b): input centring (D,), weights (D, k), bias (k,).
     """
-    n, d = X.shape
+    d = X.shape[1]
     mean = X.mean(axis=0)
     Xc = X - mean
     sw = _class_weights(y, k, min_examples)
@@ -230,7 +231,7 @@ def threshold_for_recall(p_empty_nonempty: NDArray[np.float64], target: float) -
     s = np.sort(np.asarray(p_empty_nonempty, np.float64))[::-1]
     if s.size == 0:
         return 1.0 + 1e-6
-    allowed = int(math.floor((1.0 - target) * s.size + 1e-9))
+    allowed = math.floor((1.0 - target) * s.size + 1e-9)
     if allowed >= s.size:
         return 0.0
     return float(s[allowed]) + 1e-6

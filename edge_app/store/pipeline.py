@@ -91,7 +91,9 @@ def build_event(
     time_synced: bool,
     audit: bool = False,
 ) -> dict[str, Any]:
-    """The event JSON of ARCHITECTURE §6, plus ``outcome``.
+    """The event JSON of ARCHITECTURE §6, plus ``outcome`` and ``kept_by`` (the stages that
+    said "not empty": ``detector``, ``classifier``, ``head``, ``background``, ``motion``,
+    ``unreadable``; empty for an audit sample of a discard).
 
     ``detections`` are the boxes of the verdict's best frame (``detect --json`` items);
     ``frames`` is the number of frames in the burst.
@@ -106,6 +108,7 @@ def build_event(
         "ts": rfc3339(burst.trigger.wall),
         "time_synced": time_synced,
         "outcome": verdict.outcome,
+        "kept_by": list(verdict.kept_by),
         "label": verdict.label,
         "species": verdict.species,
         "score": round(verdict.score, 4),

@@ -12,7 +12,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,9 +27,11 @@ EXIT_USAGE = 2
 
 
 def _setup_logging(verbose: int, quiet: bool = False) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    if verbose == 0 and quiet:
-        level = logging.WARNING
+    """Commands that print results are quiet (warnings only) unless -v/-vv asks for more."""
+    if verbose:
+        level = logging.DEBUG if verbose > 1 else logging.INFO
+    else:
+        level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
@@ -233,6 +237,10 @@ AREA_COMMANDS: list[tuple[str, str, str]] = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A shell script that starts us in the background hands SIGINT down as *ignored*, and
+    # Python then installs no KeyboardInterrupt handler: `kill -INT` would do nothing.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, quiet=args.quiet)
     try:

@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import queue
+import signal
 import socket
 import ssl
 import sys
@@ -822,6 +823,13 @@ def run_alerts(
                         username=opts.username, password=password, store_dir=opts.store_dir,
                         receipts=opts.receipts, include_keep=opts.include_keep, extra=extra)
     done = stop or threading.Event()
+    if stop is None and threading.current_thread() is threading.main_thread():
+        # Explicit handlers: a process started in the background by a shell inherits SIGINT
+        # as *ignored*, and Python then installs no KeyboardInterrupt handler, so Ctrl-C /
+        # `kill -INT` would never stop us. SIGTERM (systemd) stops cleanly too: the last
+        # receipts and PUBACKs go out before we disconnect.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda _signum, _frame: done.set())
     receiver.start()
     try:
         done.wait()

@@ -157,3 +157,39 @@ def test_alerts_prints_each_event_once(broker: Broker) -> None:
         err = proc.stderr.read() if proc.stderr else ""
     assert proc.returncode == 0, err
     assert [json.loads(line)["id"] for line in lines] == ["LL-001-7"], err
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_alerts_stops_on_signal_even_when_started_with_sigint_ignored(
+    broker: Broker, sig: signal.Signals
+) -> None:
+    # A non-interactive shell starts background jobs with SIGINT ignored; CI does that.
+    proc = subprocess.Popen(
+        [*CAMTRAP, "-v", "alerts", "--broker", broker.address],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    log: list[str] = []
+    connected = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr or []:
+            log.append(line)
+            if "receiver: connected" in line:
+                connected.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert connected.wait(30), "".join(log)
+        proc.send_signal(sig)
+        rc = proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"camtrap alerts ignored {sig.name}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(5)
+    assert rc == 0, "".join(log)

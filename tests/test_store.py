@@ -221,7 +221,11 @@ def test_alert_writes_media_then_catalogue_and_outbox_together(store: EventStore
     assert row.image_path is not None
     assert row.thumb_path is not None
     image = store.root / row.image_path
-    assert image.read_bytes() == burst.frames[1].jpeg  # the best frame, as captured
+    # The best frame, as captured (same pixels), with the event's EXIF inserted.
+    stored = Image.open(io.BytesIO(image.read_bytes()))
+    captured = Image.open(io.BytesIO(burst.frames[1].jpeg))
+    assert stored.tobytes() == captured.tobytes()
+    assert stored.getexif().get_ifd(0x8769)[0xA420] == "T-1-1"  # ImageUniqueID
     assert kinds["image"]["sha256"] == hashlib.sha256(image.read_bytes()).hexdigest()
     assert kinds["thumb"]["bytes"] == (store.root / row.thumb_path).stat().st_size
     assert not any(p.name.startswith(TEMP_PREFIX) for p in store.root.rglob("*"))

@@ -40,6 +40,7 @@ from edge_app.clock import Clock, SystemClock, rfc3339
 from edge_app.config import Config
 from edge_app.errors import ImageError, StorageError
 from edge_app.events import Burst, Frame, Outcome, Verdict
+from edge_app.store import exif
 from edge_app.store.catalog import Catalog, EventRecord
 from edge_app.store.db import db_path, open_db, transaction
 from edge_app.store.media import (
@@ -355,7 +356,13 @@ class EventStore:
                            event_id)
         else:
             try:
-                image = self._store_file(img_path, frame.jpeg, f"{event_id}-image", "image")
+                tagged = exif.stamp(
+                    frame.jpeg, unit_id=self.cfg.unit.id, event_id=event_id,
+                    wall=burst.trigger.wall, location=self.cfg.unit.location,
+                    verdict={"outcome": verdict.outcome, "label": verdict.label,
+                             "species": verdict.species, "score": round(verdict.score, 3)},
+                )
+                image = self._store_file(img_path, tagged, f"{event_id}-image", "image")
             except OSError as e:
                 logger.error("%s: frame not written (%s); storing the event without it",
                              event_id, e)

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from chaos_support import alerts_decided, daemon_config, query, start_daemon, wait_until
 
 from edge_app.ranger import Receiver
 from edge_app.sim.broker import PrivateBroker as Broker
@@ -23,68 +20,8 @@ from edge_app.sim.broker import PrivateBroker as Broker
 pytestmark = [pytest.mark.models, pytest.mark.broker]
 
 
-def write_config(path: Path, root: Path, images: Path, port: int, every_s: float) -> Path:
-    path.write_text(f"""
-[unit]
-id = "LL-007"
-[hardware]
-backend = "sim"
-[trigger]
-sim_every_s = {every_s}
-holdoff_s = 0.1
-debounce_s = 0.02
-sample_rate_hz = 50.0
-[camera]
-source = "replay"
-images_dir = "{images}"
-burst_frames = 2
-burst_interval_s = 0.05
-[policy]
-alert_on = ["animal", "person", "vehicle"]
-[storage]
-root = "{root}"
-[outbox]
-backoff_min_s = 0.2
-backoff_max_s = 1.0
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-tls = false
-keepalive_s = 5
-""")
-    return path
-
-
-def start_daemon(cfg: Path, models: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as f:
-        return subprocess.Popen(
-            [sys.executable, "-m", "edge_app", "run", "--config", str(cfg), "--models",
-             str(models)], stdout=f, stderr=subprocess.STDOUT,
-        )
-
-
-def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    if not db.exists():
-        return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return con.execute(sql).fetchall()
-    except sqlite3.OperationalError:
-        return []  # schema not created yet
-    finally:
-        con.close()
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}; daemon log:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-
-
 def alerts_in_catalogue(db: Path) -> list[str]:
-    return [r[0] for r in query(db, "SELECT id FROM events WHERE outcome = 'alert'")]
+    return sorted(alerts_decided(db))
 
 
 @pytest.mark.parametrize("how", ["sigterm", "kill9"])
@@ -95,10 +32,10 @@ def test_daemon_stop_then_restart_delivers_everything(
     root = tmp_path / "trap"
     db = root / "camtrap.db"
     log = tmp_path / "daemon.log"
-    busy = write_config(tmp_path / "busy.toml", root, cameratrapai_dir, broker.port, 0.4)
+    busy = daemon_config(tmp_path / "busy.toml", root, cameratrapai_dir, broker.port, every_s=0.4)
     proc = start_daemon(busy, models_dir, log)
     try:
-        wait_for(lambda: len(alerts_in_catalogue(db)) >= 4, 60, "4 alerts decided", log)
+        wait_until(lambda: len(alerts_in_catalogue(db)) >= 4, 60, "4 alerts decided", log)
         if how == "sigterm":
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
@@ -131,10 +68,10 @@ def test_daemon_stop_then_restart_delivers_everything(
     receiver = Receiver("127.0.0.1", broker.port, on_alert=on_alert, client_id=f"r-{how}")
     receiver.start()
     assert receiver.wait_connected(10)
-    quiet = write_config(tmp_path / "quiet.toml", root, cameratrapai_dir, broker.port, 0.0)
+    quiet = daemon_config(tmp_path / "quiet.toml", root, cameratrapai_dir, broker.port, every_s=0.0)
     proc = start_daemon(quiet, models_dir, log)
     try:
-        wait_for(lambda: set(got) >= set(decided), 30, "the queued alerts after restart", log)
+        wait_until(lambda: set(got) >= set(decided), 30, "the queued alerts after restart", log)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
@@ -152,11 +89,11 @@ def test_sigterm_idle_daemon_stops_fast(
     tmp_path: Path, broker: Broker, models_dir: Path, cameratrapai_dir: Path
 ) -> None:
     log = tmp_path / "daemon.log"
-    cfg = write_config(tmp_path / "idle.toml", tmp_path / "trap", cameratrapai_dir,
-                       broker.port, 0.0)
+    cfg = daemon_config(tmp_path / "idle.toml", tmp_path / "trap", cameratrapai_dir,
+                       broker.port, every_s=0.0)
     proc = start_daemon(cfg, models_dir, log)
     try:
-        wait_for(lambda: "running as LL-007" in log.read_text(), 30, "start-up", log)
+        wait_until(lambda: "running as LL-007" in log.read_text(), 30, "start-up", log)
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(10) == 0

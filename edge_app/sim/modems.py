@@ -461,23 +461,8 @@ class Rui3Modem(PtyModem):
             if changed:
                 self.after(0.5, self.reset)
             return
-        elif key == "BAND":
-            if not arg.isdigit() or int(arg) > 12:
-                self._status("AT_PARAM_ERROR")
-                return
-            self.flash[key] = arg
-        elif key in ("NJM", "ADR", "CFM", "DCS"):
-            if arg not in ("0", "1"):
-                self._status("AT_PARAM_ERROR")
-                return
-            self.flash[key] = arg
-        elif key == "RETY":
-            if not arg.isdigit() or int(arg) > 7:
-                self._status("AT_PARAM_ERROR")
-                return
-            self.flash[key] = arg
-        elif key == "CLASS":
-            if arg not in ("A", "B", "C"):
+        elif key in _RUI3_FLASH_PARAMS:
+            if not _RUI3_FLASH_PARAMS[key](arg):
                 self._status("AT_PARAM_ERROR")
                 return
             self.flash[key] = arg
@@ -897,3 +882,16 @@ def _is_hex(s: str) -> bool:
 
 def _colons(hex_str: str) -> str:
     return ":".join(hex_str[i:i + 2] for i in range(0, len(hex_str), 2)).upper()
+
+
+def _digit_at_most(limit: int) -> Callable[[str], bool]:
+    return lambda arg: arg.isdigit() and int(arg) <= limit
+
+
+# RUI3 settings that are only validated and stored (AT+<KEY>=<arg>): key → accepts(arg).
+_RUI3_FLASH_PARAMS: dict[str, Callable[[str], bool]] = {
+    "BAND": _digit_at_most(12),
+    "RETY": _digit_at_most(7),
+    "CLASS": lambda arg: arg in ("A", "B", "C"),
+    **dict.fromkeys(("NJM", "ADR", "CFM", "DCS"), lambda arg: arg in ("0", "1")),
+}

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edge_app import __version__
-from edge_app.errors import ConfigError, ModelError
+from edge_app.core.errors import ConfigError, ModelError
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -40,7 +40,7 @@ def _setup_logging(verbose: int, quiet: bool = False) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from edge_app import config
+    from edge_app.core import config
 
     if args.explain:
         print("\n".join(config.explain()))
@@ -50,7 +50,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     cfg = config.load(args.file)
     if cfg.lorawan.enabled:  # the keys file too: a technician checks on the bench, not on site
-        from edge_app.uplink.lorawan import load_secrets
+        from edge_app.trap.uplink.lorawan import load_secrets
 
         load_secrets(cfg.lorawan.secrets_file)
     print(f"{args.file}: ok (unit {cfg.unit.id}, backend {cfg.hardware.backend})")
@@ -58,13 +58,13 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge_app import config
+    from edge_app.core import config
 
     cfg = config.load(args.config)  # before the heavy imports: a bad config fails fast
-    from edge_app.uplink.mqtt import check_credentials
+    from edge_app.trap.uplink.mqtt import check_credentials
 
     check_credentials(cfg)  # missing TLS files, a password file others can read: exit 2
-    from edge_app.daemon import run_daemon
+    from edge_app.trap.daemon import run_daemon
 
     return run_daemon(cfg, models=args.models)
 
@@ -86,9 +86,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from edge_app.config import DetectorConfig
-    from edge_app.detect.batch import run_detect
-    from edge_app.detect.pipeline import resolve_models_dir
+    from edge_app.core.config import DetectorConfig
+    from edge_app.tools.batch import run_detect
+    from edge_app.trap.detect.pipeline import resolve_models_dir
 
     models_dir = resolve_models_dir(args.models, "")
     md = Path(args.md_json) if args.md_json else None
@@ -100,7 +100,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
-    from edge_app.ranger import AlertsOptions, run_alerts
+    from edge_app.station.receiver import AlertsOptions, run_alerts
 
     opts = AlertsOptions(ca_file=args.ca_file, username=args.username,
                          password_file=args.password_file, store_dir=args.store,
@@ -111,8 +111,8 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def _cmd_outbox(args: argparse.Namespace) -> int:
-    from edge_app import config
-    from edge_app.store.cli import outbox_command
+    from edge_app.core import config
+    from edge_app.trap.store.cli import outbox_command
 
     cfg = config.load(args.config)
     return outbox_command(cfg, args.action, sys.stdout, as_json=args.json, limit=args.limit,
@@ -217,21 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 # (command, module, help). The modules must import cheaply: heavy imports go inside main().
 BENCHES: list[tuple[str, str, str]] = [
-    ("detect", "edge_app.detect.bench", "per-stage detection timings vs bare invoke(), RSS"),
-    ("motion", "edge_app.detect.bench_motion", "what the motion gate saves on real bursts"),
-    ("outbox", "edge_app.store.bench", "durable enqueue, drain with receipts, 10k backlog "
+    ("detect", "edge_app.tools.bench_detect", "per-stage detection timings vs bare invoke(), RSS"),
+    ("motion", "edge_app.tools.bench_motion", "what the motion gate saves on real bursts"),
+    ("outbox", "edge_app.tools.bench_outbox", "durable enqueue, drain with receipts, 10k backlog "
      "(starts its own mosquitto)"),
-    ("lorawan", "edge_app.uplink.lorawan_bench", "LoRaWAN alert size, airtime and alerts/hour "
+    ("lorawan", "edge_app.tools.bench_lorawan", "LoRaWAN alert size, airtime and alerts/hour "
      "per SF, emulated end-to-end latency (starts its own mosquitto)"),
 ]
 AREA_COMMANDS: list[tuple[str, str, str]] = [
-    ("eval", "edge_app.detect.evaluate", "precision/recall of the detector on labelled images "
+    ("eval", "edge_app.tools.evaluate", "precision/recall of the detector on labelled images "
      "(--head, --loso)"),
-    ("models", "edge_app.detect.models_cli", "list model cards / verify model files / adapt "
+    ("models", "edge_app.tools.models_cli", "list model cards / verify model files / adapt "
      "a site head"),
-    ("label", "edge_app.label", "label a folder of frames in the browser (the CSV models "
+    ("label", "edge_app.tools.label", "label a folder of frames in the browser (the CSV models "
      "adapt reads)"),
-    ("lorawan", "edge_app.uplink.lorawan_cli", "LoRaWAN payload tools: encode/decode alerts, "
+    ("lorawan", "edge_app.tools.lorawan_cli", "LoRaWAN payload tools: encode/decode alerts, "
      "status and commands"),
 ]
 

@@ -9,14 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_app import config
-from edge_app.clock import Clock, FakeClock
+from edge_app.core import config
+from edge_app.core.clock import Clock, FakeClock
 from edge_app.sim.modems import PtyModem
-from edge_app.store.catalog import Catalog, EventRecord
-from edge_app.store.db import db_path, open_db, transaction
-from edge_app.store.outbox import Kind, Outbox
-from edge_app.uplink.lorawan import LoRaModem, LorawanKeys, Rak3172, Timings, WioE5
-from edge_app.uplink.router import LoraRouter
+from edge_app.trap.store.catalog import Catalog, EventRecord
+from edge_app.trap.store.db import db_path, open_db, transaction
+from edge_app.trap.store.outbox import Kind, Outbox
+from edge_app.trap.uplink.lorawan import LoRaModem, LorawanKeys, Rak3172, Timings, WioE5
+from edge_app.trap.uplink.router import LoraRouter
 
 KEYS = LorawanKeys("70B3D57ED0061234", "0000000000000001", "2B7E151628AED2A6ABF7158809CF4F3C")
 UNIT = "LL-042"

@@ -10,8 +10,16 @@ from typing import Any
 
 from PIL import Image
 
-from edge_app import config
-from edge_app.events import Burst, Detection, Frame, FrameResult, Outcome, TriggerEvent, Verdict
+from edge_app.core import config
+from edge_app.core.events import (
+    Burst,
+    Detection,
+    Frame,
+    FrameResult,
+    Outcome,
+    TriggerEvent,
+    Verdict,
+)
 
 
 def make_cfg(root: Path, port: int = 1883, **sections: dict[str, Any]) -> config.Config:

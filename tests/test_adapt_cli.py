@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from edge_app import cli
-from edge_app.detect.bench import bench_detector, bench_images
-from edge_app.detect.site_head import load_head
+from edge_app.tools.bench_detect import bench_detector, bench_images
+from edge_app.trap.detect.site_head import load_head
 
 pytestmark = pytest.mark.models
 

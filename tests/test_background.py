@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app import config
-from edge_app.clock import FakeClock
-from edge_app.config import BackgroundConfig, DetectorConfig
-from edge_app.daemon import App
-from edge_app.detect.background import DB_NAME, BackgroundMemory
-from edge_app.detect.pipeline import Pipeline
+from edge_app.core import config
+from edge_app.core.clock import FakeClock
+from edge_app.core.config import BackgroundConfig, DetectorConfig
+from edge_app.trap.daemon import App
+from edge_app.trap.detect.background import DB_NAME, BackgroundMemory
+from edge_app.trap.detect.pipeline import Pipeline
 
 DIMS = 64
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_app.clock import FakeClock
-from edge_app.config import CameraConfig
-from edge_app.errors import ConfigError, HardwareUnavailable
-from edge_app.hardware.camera import (
+from edge_app.core.clock import FakeClock
+from edge_app.core.config import CameraConfig
+from edge_app.core.errors import ConfigError, HardwareUnavailable
+from edge_app.trap.hardware.camera import (
     SIM_RING_INTERVAL_S,
     PiCamera2Camera,
     ReplayCamera,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from edge_app.capture import capture_burst
-from edge_app.clock import FakeClock, SystemClock
-from edge_app.config import CameraConfig
-from edge_app.events import Frame, TriggerEvent
-from edge_app.hardware.camera import ReplayCamera, SyntheticCamera
+from edge_app.core.clock import FakeClock, SystemClock
+from edge_app.core.config import CameraConfig
+from edge_app.core.events import Frame, TriggerEvent
+from edge_app.trap.capture import capture_burst
+from edge_app.trap.hardware.camera import ReplayCamera, SyntheticCamera
 
 TRIGGER = TriggerEvent(number=7, mono=1000.0, wall=1_790_000_000.0, source="pir:17")
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from edge_app.config import DetectorConfig
-from edge_app.detect.cards import (
+from edge_app.core.config import DetectorConfig
+from edge_app.core.errors import ModelError
+from edge_app.trap.detect.cards import (
     FORMATS,
     REPO_MODELS,
     build_class_map,
@@ -23,8 +24,7 @@ from edge_app.detect.cards import (
     sha256_file,
     verify_model_file,
 )
-from edge_app.detect.pipeline import DETECTOR_HEADS, Pipeline
-from edge_app.errors import ModelError
+from edge_app.trap.detect.pipeline import DETECTOR_HEADS, Pipeline
 
 CARDS = sorted(p.stem for p in REPO_MODELS.glob("*.toml"))
 YOLO = "yolov8n_coco_int8_640"

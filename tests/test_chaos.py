@@ -43,9 +43,9 @@ from PIL import Image
 from store_support import burst_and_verdict, make_cfg
 from test_mqtt_link import RunningLink
 
-from edge_app.ranger import Receiver
 from edge_app.sim.broker import PrivateBroker, find_mosquitto
-from edge_app.store.pipeline import EventStore
+from edge_app.station.receiver import Receiver
+from edge_app.trap.store.pipeline import EventStore
 
 pytestmark = [pytest.mark.models, pytest.mark.broker]
 

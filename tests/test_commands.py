@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from store_support import burst_and_verdict, make_cfg
 
-from edge_app.clock import SystemClock
-from edge_app.config import Config
-from edge_app.store.outbox import State
-from edge_app.store.pipeline import EventStore
-from edge_app.uplink.commands import Commands, load_settings, load_settings_from_db
+from edge_app.core.clock import SystemClock
+from edge_app.core.config import Config
+from edge_app.trap.store.outbox import State
+from edge_app.trap.store.pipeline import EventStore
+from edge_app.trap.uplink.commands import Commands, load_settings, load_settings_from_db
 
 
 class Trap:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_app import config
-from edge_app.errors import ConfigError
+from edge_app.core import config
+from edge_app.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"unit": {"id": "LL-042"}, "mqtt": {"host": "127.0.0.1", "tls": False}}

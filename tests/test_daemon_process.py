@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from chaos_support import alerts_decided, daemon_config, query, start_daemon, wait_until
 
-from edge_app.ranger import Receiver
 from edge_app.sim.broker import PrivateBroker as Broker
+from edge_app.station.receiver import Receiver
 
 pytestmark = [pytest.mark.models, pytest.mark.broker]
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_app.detect.decoders import (
+from edge_app.trap.detect.decoders import (
     box_iou,
     decode_classifier,
     decode_embedding,

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_app.config import DetectorConfig
-from edge_app.detect.batch import run_detect
-from edge_app.detect.pipeline import Pipeline, resolve_models_dir
-from edge_app.detect.preprocess import Letterboxer, crop_box, decode_image
-from edge_app.detect.runtime import TfliteModel, resolve_threads
-from edge_app.errors import ImageError, ModelError
-from edge_app.events import FrameResult
+from edge_app.core.config import DetectorConfig
+from edge_app.core.errors import ImageError, ModelError
+from edge_app.core.events import FrameResult
+from edge_app.tools.batch import run_detect
+from edge_app.trap.detect.pipeline import Pipeline, resolve_models_dir
+from edge_app.trap.detect.preprocess import Letterboxer, crop_box, decode_image
+from edge_app.trap.detect.runtime import TfliteModel, resolve_threads
 
 pytestmark = pytest.mark.models
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from edge_app import cli
-from edge_app.config import DetectorConfig
-from edge_app.detect.batch import run_detect
-from edge_app.detect.bench import bench_detector, bench_images, detector_cards
-from edge_app.detect.bench_motion import group_bursts, measure
-from edge_app.detect.cards import REPO_MODELS
-from edge_app.detect.evaluate import Truth, label_from_name, read_labels
+from edge_app.core.config import DetectorConfig
+from edge_app.tools.batch import run_detect
+from edge_app.tools.bench_detect import bench_detector, bench_images, detector_cards
+from edge_app.tools.bench_motion import group_bursts, measure
+from edge_app.tools.evaluate import Truth, label_from_name, read_labels
+from edge_app.trap.detect.cards import REPO_MODELS
 
 pytestmark = pytest.mark.models
 

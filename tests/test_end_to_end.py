@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from edge_app import config
-from edge_app.daemon import App
-from edge_app.ranger import Receiver
+from edge_app.core import config
 from edge_app.sim.broker import PrivateBroker as Broker
+from edge_app.station.receiver import Receiver
+from edge_app.trap.daemon import App
 
 pytestmark = [pytest.mark.models, pytest.mark.broker]
 

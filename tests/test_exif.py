@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_app.config import LocationConfig
-from edge_app.store.exif import stamp
+from edge_app.core.config import LocationConfig
+from edge_app.trap.store.exif import stamp
 
 EXIF_IFD, GPS_IFD = 0x8769, 0x8825
 WHERE = LocationConfig(lat=43.105, lon=131.567, name="Kedrovaya Pad ridge 3")

@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-import edge_app.detect.pipeline as pipeline_mod
-from edge_app.config import DetectorConfig, PolicyConfig
-from edge_app.detect.pipeline import Pipeline
-from edge_app.detect.policy import STAGES, decide, stage_votes
-from edge_app.detect.site_head import CLASSES, SiteHead, save_head
-from edge_app.errors import ModelError
-from edge_app.events import CATEGORIES, SPECIES, Detection, Frame, FrameResult
-from edge_app.store.pipeline import build_event
+import edge_app.trap.detect.pipeline as pipeline_mod
+from edge_app.core.config import DetectorConfig, PolicyConfig
+from edge_app.core.errors import ModelError
+from edge_app.core.events import CATEGORIES, SPECIES, Detection, Frame, FrameResult
+from edge_app.trap.detect.pipeline import Pipeline
+from edge_app.trap.detect.policy import STAGES, decide, stage_votes
+from edge_app.trap.detect.site_head import CLASSES, SiteHead, save_head
+from edge_app.trap.store.pipeline import build_event
 
 POLICY = PolicyConfig()
 
@@ -93,7 +93,7 @@ def test_detections_are_kept_by_the_detector_or_the_whole_frame_classifier() -> 
 
 
 def test_event_json_records_kept_by() -> None:
-    from edge_app.events import Burst, TriggerEvent
+    from edge_app.core.events import Burst, TriggerEvent
 
     burst = Burst(TriggerEvent(1, 0.0, 1_790_000_000.0, "pir:17"),
                   (Frame(b"jpeg", 0.0, 0.0, 0, False),))
@@ -201,7 +201,7 @@ def test_motion_vote_keeps_a_real_night_burst_the_models_miss(models_dir: Path,
                                                               field_dir: Path) -> None:
     """Peru EK000049-50: a night IR animal neither model sees; a fifth of the picture changed
     against the first frame, so with the gate on the motion stage keeps it."""
-    from edge_app.detect.bench_motion import measure
+    from edge_app.tools.bench_motion import measure
 
     peru = field_dir / "animl-r"
     burst = [peru / f"examples__test_data__Peru__S90__SDZG_1__EK0000{n}.JPG" for n in (49, 50)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.uplink.airtime import (
+from edge_app.trap.uplink.airtime import (
     DutyCycleLedger,
     Tx,
     band_plan,

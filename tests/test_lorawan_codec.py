@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_app.cli import main as camtrap
-from edge_app.uplink import codec
+from edge_app.core import lora_codec as codec
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS_PATH = REPO / "tests" / "lorawan_vectors.json"

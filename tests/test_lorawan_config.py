@@ -9,9 +9,9 @@ import pytest
 from conftest import Broker
 from lorawan_support import KEYS, write_secrets
 
-from edge_app import config
 from edge_app.cli import main as camtrap
-from edge_app.errors import ConfigError
+from edge_app.core import config
+from edge_app.core.errors import ConfigError
 
 BASE = {"unit": {"id": "LL-042"}, "hardware": {"backend": "sim"},
         "camera": {"source": "synthetic"}}

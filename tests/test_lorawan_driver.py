@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from lorawan_support import FAST, KEYS, write_secrets
 
-from edge_app.errors import ConfigError
+from edge_app.core.errors import ConfigError
 from edge_app.sim.modems import (
     Faults,
     NetworkAnswer,
@@ -22,8 +22,8 @@ from edge_app.sim.modems import (
     UplinkFrame,
     WioE5Modem,
 )
-from edge_app.uplink.airtime import uplink_airtime_s
-from edge_app.uplink.lorawan import (
+from edge_app.trap.uplink.airtime import uplink_airtime_s
+from edge_app.trap.uplink.lorawan import (
     LineChannel,
     ModemError,
     Rak3172,
@@ -321,7 +321,7 @@ def test_the_lora_stage_idles_at_zero_cpu(tmp_path: Path) -> None:
 
     from lorawan_support import lora_cfg, make_router
 
-    from edge_app.clock import SystemClock
+    from edge_app.core.clock import SystemClock
 
     radio = Radio()
     cfg = lora_cfg(tmp_path, data_rate=5, duty_cycle=0.1)

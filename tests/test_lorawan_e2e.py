@@ -26,14 +26,14 @@ from conftest import Broker
 from lorawan_support import KEYS, UNIT, write_secrets
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_app import config
-from edge_app.daemon import App
-from edge_app.errors import ConfigError
-from edge_app.ranger import Receiver
-from edge_app.ranger_lorawan import LorawanDecoder
+from edge_app.core import config
+from edge_app.core import lora_codec as codec
+from edge_app.core.errors import ConfigError
 from edge_app.sim.modems import PtyModem, Rui3Modem, WioE5Modem
 from edge_app.sim.netserver import NetworkServer
-from edge_app.uplink import codec
+from edge_app.station.lorawan import LorawanDecoder
+from edge_app.station.receiver import Receiver
+from edge_app.trap.daemon import App
 
 pytestmark = [pytest.mark.models, pytest.mark.broker]
 

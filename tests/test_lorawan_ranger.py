@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from edge_app.errors import ConfigError
-from edge_app.ranger import format_alert
-from edge_app.ranger_lorawan import LorawanDecoder, load_devices
-from edge_app.uplink import codec
+from edge_app.core import lora_codec as codec
+from edge_app.core.errors import ConfigError
+from edge_app.station.lorawan import LorawanDecoder, load_devices
+from edge_app.station.receiver import format_alert
 
 DEV = "70B3D57ED0061234"
 ALERT = codec.encode_alert(codec.Alert("animal", "leopard", 0.91, 1_790_000_000, 17,

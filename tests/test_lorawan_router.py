@@ -26,13 +26,13 @@ from lorawan_support import (
     mark_mqtt_sent,
 )
 
-from edge_app.clock import FakeClock
+from edge_app.core import lora_codec as codec
+from edge_app.core.clock import FakeClock
 from edge_app.sim.modems import Faults, PtyModem, Rui3Modem, WioE5Modem
 from edge_app.sim.netserver import NetworkServer
-from edge_app.store.db import db_path, open_db
-from edge_app.uplink import codec
-from edge_app.uplink.airtime import join_airtime_s, uplink_airtime_s
-from edge_app.uplink.router import LoraRouter
+from edge_app.trap.store.db import db_path, open_db
+from edge_app.trap.uplink.airtime import join_airtime_s, uplink_airtime_s
+from edge_app.trap.uplink.router import LoraRouter
 
 pytestmark = pytest.mark.broker
 
@@ -375,7 +375,7 @@ def test_a_silent_modem_times_out_and_is_retried_with_backoff(
     with Rui3Modem(None, clock=clock, time_factor=0.0) as emu:
         emu._command = lambda line: None  # type: ignore[method-assign]  # deaf module
         router = make_router(cfg, emu, clock, timings=__import__(
-            "edge_app.uplink.lorawan", fromlist=["Timings"]).Timings(command_s=0.05))
+            "edge_app.trap.uplink.lorawan", fromlist=["Timings"]).Timings(command_s=0.05))
         with router:
             add_alert(cfg, T0)
             drive(router, clock, T0 + 300)
@@ -389,7 +389,7 @@ def test_a_silent_modem_times_out_and_is_retried_with_backoff(
 def test_router_reads_keys_from_a_0600_secrets_file_only(tmp_path: Path) -> None:
     from lorawan_support import write_secrets
 
-    from edge_app.errors import ConfigError
+    from edge_app.core.errors import ConfigError
 
     secrets = write_secrets(tmp_path / "lorawan.toml", mode=0o644)
     cfg = lora_cfg(tmp_path, secrets_file=str(secrets))

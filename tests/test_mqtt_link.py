@@ -24,13 +24,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from store_support import burst_and_verdict, cfg_data, make_cfg, wait_for
 
-from edge_app.config import Config
-from edge_app.errors import ConfigError
-from edge_app.ranger import Receiver
+from edge_app.core.config import Config
+from edge_app.core.errors import ConfigError
 from edge_app.sim.broker import PrivateBroker, find_mosquitto
-from edge_app.store.outbox import State
-from edge_app.store.pipeline import EventStore
-from edge_app.uplink.mqtt import LinkState, MqttLink, new_properties
+from edge_app.station.receiver import Receiver
+from edge_app.trap.store.outbox import State
+from edge_app.trap.store.pipeline import EventStore
+from edge_app.trap.uplink.mqtt import LinkState, MqttLink, new_properties
 
 pytestmark = pytest.mark.broker
 
@@ -251,8 +251,8 @@ def test_status_is_online_then_the_will_says_lost_when_the_process_dies(
     data = cfg_data(tmp_path / "data", broker.port)
     script = (
         "import json, sys, threading\n"
-        "from edge_app import config\n"
-        "from edge_app.uplink.mqtt import MqttLink\n"
+        "from edge_app.core import config\n"
+        "from edge_app.trap.uplink.mqtt import MqttLink\n"
         "MqttLink(config.parse(json.loads(sys.argv[1])), sys.argv[2]).run(threading.Event())\n"
     )
     with Collector(broker.port, "ranger-e") as ranger:

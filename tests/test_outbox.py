@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from store_support import make_cfg
 
-from edge_app.clock import FakeClock
-from edge_app.config import OutboxConfig
-from edge_app.store.catalog import Catalog, EventRecord
-from edge_app.store.db import open_db, transaction
-from edge_app.store.outbox import Kind, Outbox, State
+from edge_app.core.clock import FakeClock
+from edge_app.core.config import OutboxConfig
+from edge_app.trap.store.catalog import Catalog, EventRecord
+from edge_app.trap.store.db import open_db, transaction
+from edge_app.trap.store.outbox import Kind, Outbox, State
 
 
 class MaxRandom(random.Random):
@@ -260,7 +260,7 @@ def test_depth_stats_ls_and_purge(conn: sqlite3.Connection, clock: FakeClock) ->
 def test_store_cli_reports_the_outbox(tmp_path: Path, clock: FakeClock) -> None:
     import io
 
-    from edge_app.store.cli import outbox_command
+    from edge_app.trap.store.cli import outbox_command
 
     cfg = make_cfg(tmp_path)
     out = io.StringIO()
@@ -396,7 +396,7 @@ def test_outbox_cli_filters_and_refuses_to_purge_unsent_rows(
     import io
     import json
 
-    from edge_app.store.cli import outbox_command
+    from edge_app.trap.store.cli import outbox_command
 
     cfg = make_cfg(tmp_path)
     conn = open_db(tmp_path / "camtrap.db")

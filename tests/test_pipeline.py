@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import edge_app.detect.preprocess as preprocess
-from edge_app.config import DetectorConfig, PolicyConfig, ThresholdsConfig
-from edge_app.detect.cards import FORMATS, REPO_MODELS, load_card, parse_card
-from edge_app.detect.pipeline import DETECTOR_HEADS, Pipeline, load_model
-from edge_app.detect.policy import decide
-from edge_app.detect.preprocess import DecodeBuffer, changed_fraction, decode_image
-from edge_app.errors import ModelError
-from edge_app.events import Frame, FrameResult
+import edge_app.trap.detect.preprocess as preprocess
+from edge_app.core.config import DetectorConfig, PolicyConfig, ThresholdsConfig
+from edge_app.core.errors import ModelError
+from edge_app.core.events import Frame, FrameResult
+from edge_app.trap.detect.cards import FORMATS, REPO_MODELS, load_card, parse_card
+from edge_app.trap.detect.pipeline import DETECTOR_HEADS, Pipeline, load_model
+from edge_app.trap.detect.policy import decide
+from edge_app.trap.detect.preprocess import DecodeBuffer, changed_fraction, decode_image
 
 pytestmark = pytest.mark.models
 

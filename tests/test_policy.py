@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edge_app.config import PolicyConfig
-from edge_app.detect.policy import (
+from edge_app.core.config import PolicyConfig
+from edge_app.core.events import CATEGORIES, SPECIES, Detection, FrameResult
+from edge_app.trap.detect.policy import (
     VOTES,
     Evidence,
     decide,
@@ -14,7 +15,6 @@ from edge_app.detect.policy import (
     vote_max,
     vote_mean,
 )
-from edge_app.events import CATEGORIES, SPECIES, Detection, FrameResult
 
 POLICY = PolicyConfig()  # alert on leopard, tiger, person, vehicle; empty below 0.15
 BOX = (0.1, 0.1, 0.2, 0.2)

@@ -11,9 +11,9 @@ import pytest
 from conftest import Broker
 from store_support import burst_and_verdict, make_cfg, wait_for
 
-from edge_app.ranger import Receiver, format_alert, parse_broker, run_alerts
-from edge_app.store.pipeline import EventStore
-from edge_app.uplink.mqtt import MqttLink
+from edge_app.station.receiver import Receiver, format_alert, parse_broker, run_alerts
+from edge_app.trap.store.pipeline import EventStore
+from edge_app.trap.uplink.mqtt import MqttLink
 
 EVENT = {
     "id": "LL-042-17", "unit": "LL-042", "seq": 17, "ts": "2026-09-21T10:15:00.123+00:00",
@@ -101,7 +101,7 @@ def test_camtrap_alerts_prints_one_line_per_alert(
 def test_alerts_password_file_must_be_private(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edge_app.ranger import AlertsOptions
+    from edge_app.station.receiver import AlertsOptions
 
     pw = tmp_path / "pw"
     pw.write_text("x\n")
@@ -142,7 +142,7 @@ def test_a_receiver_with_a_store_remembers_across_restarts_and_confirms_again(
     finally:
         unit.disconnect()
         unit.loop_stop()
-    from edge_app.ranger_store import RangerStore
+    from edge_app.station.store import RangerStore
 
     store = RangerStore(tmp_path / "ranger")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from edge_app import config
+from edge_app.core import config
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

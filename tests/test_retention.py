@@ -13,9 +13,9 @@ from pathlib import Path
 
 from store_support import burst_and_verdict, make_cfg
 
-from edge_app.store.outbox import State
-from edge_app.store.pipeline import EventStore
-from edge_app.store.retention import RESERVE_NAME, DiskGuard
+from edge_app.trap.store.outbox import State
+from edge_app.trap.store.pipeline import EventStore
+from edge_app.trap.store.retention import RESERVE_NAME, DiskGuard
 
 
 def quota(limit: int) -> Callable[[Path], int]:

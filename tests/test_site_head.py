@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_app.config import DetectorConfig
-from edge_app.detect.adapt import FrameEmbeddings, embedding_info
-from edge_app.detect.site_head import (
+from edge_app.core.config import DetectorConfig
+from edge_app.core.errors import ModelError
+from edge_app.tools.adapt import FrameEmbeddings, embedding_info
+from edge_app.trap.detect.site_head import (
     CLASSES,
     LabelError,
     SiteHead,
@@ -27,7 +28,6 @@ from edge_app.detect.site_head import (
     threshold_for_recall,
     train_head,
 )
-from edge_app.errors import ModelError
 
 # --------------------------------------------------------------------------- pure rules
 
@@ -236,6 +236,6 @@ def test_the_new_commands_keep_the_cli_cheap_to_start() -> None:
 
     out = subprocess.run([sys.executable, "-c", "import sys, edge_app.cli as c; "
                           "c.build_parser(); print(sorted(m for m in ('numpy', "
-                          "'edge_app.detect.site_head', 'PIL') if m in sys.modules))"],
+                          "'edge_app.trap.detect.site_head', 'PIL') if m in sys.modules))"],
                          capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"

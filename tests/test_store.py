@@ -14,18 +14,18 @@ import pytest
 from PIL import Image
 from store_support import burst_and_verdict, jpeg, make_cfg
 
-from edge_app.clock import FakeClock, rfc3339
-from edge_app.errors import ImageError, StorageError
-from edge_app.store.db import SCHEMA_VERSION, open_db
-from edge_app.store.media import (
+from edge_app.core.clock import FakeClock, rfc3339
+from edge_app.core.errors import ImageError, StorageError
+from edge_app.trap.store.db import SCHEMA_VERSION, open_db
+from edge_app.trap.store.media import (
     TEMP_PREFIX,
     atomic_write,
     clean_temp,
     make_thumbnail,
     media_paths,
 )
-from edge_app.store.outbox import Outbox
-from edge_app.store.pipeline import EventStore
+from edge_app.trap.store.outbox import Outbox
+from edge_app.trap.store.pipeline import EventStore
 
 # -- database ---------------------------------------------------------------------------
 

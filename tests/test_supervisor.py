@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_app.clock import FakeClock, SystemClock
-from edge_app.supervisor import StageQueue, Supervisor, sd_notify
+from edge_app.core.clock import FakeClock, SystemClock
+from edge_app.trap.supervisor import StageQueue, Supervisor, sd_notify
 
 
 def test_starts_in_order_and_stops_in_reverse() -> None:

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from edge_app.clock import SystemClock
-from edge_app.config import TriggerConfig
-from edge_app.errors import ConfigError
-from edge_app.events import TriggerEvent
-from edge_app.hardware.trigger import PirTrigger, TriggerFilter, make_pin_factory
+from edge_app.core.clock import SystemClock
+from edge_app.core.config import TriggerConfig
+from edge_app.core.errors import ConfigError
+from edge_app.core.events import TriggerEvent
+from edge_app.trap.hardware.trigger import PirTrigger, TriggerFilter, make_pin_factory
 
 WALL = 1_790_000_000.0  # wall = mono + WALL in these tests
 

@@ -1,6 +1,6 @@
 // camtrap LoRaWAN payload codec v1 (ChirpStack v4 and The Things Stack v3 payload formatter).
 //
-// The twin of edge_app/uplink/codec.py: same layouts, same rounding (floor(x * k + 0.5)), same
+// The twin of edge_app/core/lora_codec.py: same layouts, same rounding (floor(x * k + 0.5)), same
 // error and warning strings. Both are checked against tests/lorawan_vectors.json and against
 // each other on random bytes (tests/test_lorawan_codec.py runs this file under node).
 // Plain ES5 on purpose: ChirpStack runs codecs in QuickJS, TTN in goja; neither needs more.

@@ -21,12 +21,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from edge_app import config
-from edge_app.clock import SystemClock
-from edge_app.daemon import App
-from edge_app.detect.pipeline import resolve_models_dir
-from edge_app.ranger import Receiver, format_alert
+from edge_app.core import config
+from edge_app.core.clock import SystemClock
 from edge_app.sim.broker import PrivateBroker, find_mosquitto
+from edge_app.station.receiver import Receiver, format_alert
+from edge_app.trap.daemon import App
+from edge_app.trap.detect.pipeline import resolve_models_dir
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from edge_app.clock import Clock, SystemClock
-from edge_app.uplink.airtime import dr_to_sf, join_airtime_s, uplink_airtime_s
+from edge_app.core.clock import Clock, SystemClock
+from edge_app.trap.uplink.airtime import dr_to_sf, join_airtime_s, uplink_airtime_s
 
 logger = logging.getLogger(__name__)
 

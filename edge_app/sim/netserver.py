@@ -30,9 +30,9 @@ from typing import Any, Literal
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_app.clock import Clock, SystemClock
+from edge_app.core.clock import Clock, SystemClock
 from edge_app.sim.modems import NetworkAnswer, UplinkFrame
-from edge_app.uplink.airtime import dr_to_sf
+from edge_app.trap.uplink.airtime import dr_to_sf
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import logging
 import threading
 from typing import Any
 
-from edge_app.clock import Clock
-from edge_app.hardware.camera import Camera, SceneCamera
+from edge_app.core.clock import Clock
+from edge_app.trap.hardware.camera import Camera, SceneCamera
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class SimWorld:
         pin: the PIR's BCM pin number (``trigger.pin``).
         camera: a simulated camera whose scene a visit advances (a :class:`SceneCamera`;
             typed as any :class:`Camera` so a composition root can pass what
-            :func:`~edge_app.hardware.camera.make_camera` returned).
+            :func:`~edge_app.trap.hardware.camera.make_camera` returned).
         clock: times the scheduled leaves and the visit loop.
 
     Raises:

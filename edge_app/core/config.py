@@ -1,0 +1,509 @@
+"""TOML configuration → typed, validated, frozen dataclasses.
+
+Strict on purpose: a unit in the field is configured once by a technician and then runs for
+months, so a typo (``burst_frame = 5``) must fail at ``camtrap check-config`` on the bench, not
+silently fall back to a default. Every error names the dotted key and the reason.
+
+Plain dataclasses instead of pydantic: pydantic-core has no wheels for the armv6/armv7 Pis,
+and the schema is small enough that ~100 lines of validation are cheaper than a dependency.
+Field constraints live in ``metadata``: ``min``/``max`` (inclusive), ``gt`` (exclusive) and
+``doc`` (shown by ``camtrap check-config --explain``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from edge_app.core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _f(default: Any, doc: str, **limits: float) -> Any:
+    """A dataclass field with a default, a doc line and numeric limits."""
+    if isinstance(default, list):
+        items: list[Any] = list(default)
+        return field(default_factory=lambda: list(items), metadata={"doc": doc, **limits})
+    return field(default=default, metadata={"doc": doc, **limits})
+
+
+@dataclass(frozen=True)
+class LocationConfig:
+    lat: float = _f(0.0, "latitude, decimal degrees (WGS 84)", min=-90, max=90)
+    lon: float = _f(0.0, "longitude, decimal degrees (WGS 84)", min=-180, max=180)
+    name: str = _f("", "site name for people, e.g. 'Kedrovaya Pad ridge 3'")
+
+
+@dataclass(frozen=True)
+class UnitConfig:
+    id: str = _f("", "unit id, e.g. LL-042; used in topics, event ids and file names")
+    location: LocationConfig = field(default_factory=LocationConfig)
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    backend: Literal["sim", "pi"] = _f(
+        "pi", "'pi' drives the real PIR and camera; 'sim' uses gpiozero mock pins and a "
+        "replay or synthetic camera"
+    )
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    source: Literal["gpio"] = _f("gpio", "where motion comes from (gpio PIR; mcu later)")
+    pin: int = _f(17, "BCM pin of the PIR output (active high)", min=0, max=27)
+    device: Literal["motion_sensor", "edge"] = _f(
+        "motion_sensor", "motion_sensor: gpiozero MotionSensor, sampled at sample_rate_hz "
+        "(~0.3 % CPU idle here); edge: gpiozero DigitalInputDevice on pin interrupts (no "
+        "wake-ups while idle; best on battery)")
+    sample_rate_hz: float = _f(10.0, "motion_sensor: how often gpiozero samples the PIR pin",
+                               gt=0, max=1000)
+    debounce_s: float = _f(0.05, "a PIR pulse shorter than this is noise", min=0, max=5)
+    holdoff_s: float = _f(5.0, "after a trigger, further edges are ignored this long",
+                          min=0, max=3600)
+    sim_every_s: float = _f(0.0, "sim backend only: a simulated animal walks past every N s "
+                            "(0 = never)", min=0)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: Literal["replay", "synthetic", "picamera2"] = _f(
+        "picamera2", "replay: a folder of JPEGs; synthetic: generated scenes; picamera2: the Pi "
+        "camera")
+    images_dir: str = _f("", "replay: the folder of JPEGs")
+    order: Literal["sorted", "shuffle"] = _f("sorted", "replay: order of the images")
+    seed: int = _f(1, "replay shuffle / synthetic scene seed")
+    width: int = _f(1280, "frame width in pixels (synthetic, picamera2)", min=64, max=8192)
+    height: int = _f(720, "frame height in pixels (synthetic, picamera2)", min=64, max=8192)
+    jpeg_quality: int = _f(85, "JPEG quality of captured frames", min=10, max=100)
+    burst_frames: int = _f(3, "frames captured after each trigger", min=1, max=30)
+    burst_interval_s: float = _f(0.3, "time between burst frames", min=0, max=10)
+    pre_trigger_frames: int = _f(1, "frames kept from just before the trigger (ring buffer)",
+                                 min=0, max=10)
+
+
+@dataclass(frozen=True)
+class ThresholdsConfig:
+    animal: float = _f(0.0, "detector confidence for an animal box (0 = detector."
+                       "score_threshold)", min=0, max=1)
+    person: float = _f(0.0, "detector confidence for a person box (0 = detector."
+                       "score_threshold)", min=0, max=1)
+    vehicle: float = _f(0.0, "detector confidence for a vehicle box (0 = detector."
+                        "score_threshold)", min=0, max=1)
+    leopard: float = _f(0.0, "confidence to name a leopard (0 = detector.species_threshold)",
+                        min=0, max=1)
+    tiger: float = _f(0.0, "confidence to name a tiger (0 = detector.species_threshold)",
+                      min=0, max=1)
+    other_big_cat: float = _f(0.0, "confidence to name another big cat (0 = detector."
+                              "species_threshold)", min=0, max=1)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    models_dir: str = _f("", "folder holding the model files (else --models or CAMTRAP_MODELS)")
+    detector: str = _f("yolov8n_coco_int8_640", "model card name of the detector")
+    classifier: str = _f("mobilenet_v2_imagenet_uint8_224",
+                         "model card name of the crop classifier ('' = none)")
+    num_threads: int = _f(0, "interpreter threads (0 = number of CPUs)", min=0, max=64)
+    score_threshold: float = _f(0.25, "minimum detector confidence for a box", min=0, max=1)
+    iou_threshold: float = _f(0.45, "non-maximum suppression IoU", gt=0, max=1)
+    species_threshold: float = _f(0.35, "minimum classifier confidence to name a species",
+                                  min=0, max=1)
+    whole_frame_species_threshold: float = _f(
+        0.5, "species confidence needed when the detector found nothing", min=0, max=1)
+    crop_context: float = _f(0.15, "extra margin around a box for the crop classifier, as a "
+                             "fraction of the box size", min=0, max=2)
+    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    motion_gate: bool = _f(False, "skip the detector on burst frames with no change against "
+                           "the pre-trigger frame (they take that frame's result)")
+    motion_size: int = _f(64, "motion gate: width in pixels of the greyscale copies compared",
+                          min=16, max=640)
+    motion_pixel_delta: int = _f(25, "motion gate: grey-level change (0-255) that counts a "
+                                 "pixel as changed", min=1, max=255)
+    motion_min_fraction: float = _f(0.002, "motion gate: a frame with fewer changed pixels "
+                                    "than this fraction counts as unchanged", min=0, max=1)
+    embedder: str = _f("mobilenet_v1_embedding_uint8_224",
+                       "model card of the frame embedding used by detector.head and "
+                       "[background] (computed once per frame, only when one of them is on)")
+    head: str = _f("", "site head file written by 'camtrap models adapt' ('' = none); a "
+                   "relative path is taken from the models folder")
+    head_threshold: float = _f(0.0, "the head votes 'empty' at or above this P(empty) (0 = "
+                               "the cross-validated threshold stored in the head file)",
+                               min=0, max=1)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    alert_on: list[str] = _f(["leopard", "tiger", "person", "vehicle"],
+                             "labels/species that raise an alert (animal, person, vehicle, "
+                             "leopard, tiger, other_big_cat)")
+    empty_below: float = _f(0.15, "a trigger is confidently empty only when every score in "
+                            "every frame stays below this", min=0, max=1)
+    audit_every: int = _f(20, "keep 1 in N discarded triggers locally, marked, to measure the "
+                          "filter's miss rate (0 = never)", min=0)
+    vote: Literal["max", "mean", "k_of_n"] = _f(
+        "max", "how a burst's frames are combined per label/species: best frame, mean over "
+        "frames, or the k-th best frame (needs vote_k frames to agree)")
+    vote_k: int = _f(2, "k_of_n vote: frames that must detect a label/species (capped at the "
+                     "frames analysed)", min=1, max=30)
+    motion_keep_fraction: float = _f(
+        0.1, "with detector.motion_gate: a burst frame where at least this fraction of the "
+        "small greyscale copy changed against the pre-trigger frame is kept (the motion "
+        "stage's vote; 0 = motion does not vote)", min=0, max=1)
+
+
+@dataclass(frozen=True)
+class BackgroundConfig:
+    """The self-learned background (edge_app/trap/detect/background.py)."""
+
+    enabled: bool = _f(False, "learn this site's empty scenes (confidently empty frames and "
+                       "scheduled shots) in <storage.root>/background.db and keep any frame "
+                       "unlike all of them")
+    min_similarity: float = _f(0.85, "a frame whose cosine similarity to every known "
+                               "background is below this is kept", min=0, max=1)
+    min_entries: int = _f(4, "the background votes only once it knows this many scenes "
+                          "(until then it abstains)", min=1, max=4096)
+    max_entries: int = _f(256, "most scenes remembered (4 KB of memory, 2 KB of disk each); "
+                          "beyond it the oldest is dropped", min=1, max=4096)
+    max_age_days: float = _f(30.0, "scenes older than this are forgotten (seasons change)",
+                             gt=0)
+    dedupe_similarity: float = _f(0.99, "a new scene at least this similar to a known one "
+                                  "only refreshes that one's time", min=0, max=1)
+    learn_below: float = _f(0.05, "a discarded trigger's frames are learnt only when every "
+                            "detector and classifier score stays below this", min=0, max=1)
+    shot_every_s: float = _f(10800.0, "take a background shot without a trigger this often "
+                             "(0 = never); frames with no detection are learnt", min=0)
+    shots_in_sim: bool = _f(False, "also take scheduled shots with hardware.backend = 'sim' "
+                            "(a replay camera shows animals, which would poison the set)")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    root: str = _f("/var/lib/camtrap", "where media and the database live")
+    thumb_px: int = _f(320, "longest side of thumbnails", min=32, max=2048)
+    thumb_quality: int = _f(70, "JPEG quality of thumbnails", min=10, max=100)
+    thumb_max_kb: float = _f(20.0, "a thumbnail larger than this is encoded again at lower "
+                             "quality, then smaller (0 = no limit)", min=0)
+    min_free_mb: float = _f(64.0, "below this much free space the card is 'disk_low': stored "
+                            "images, then thumbnails, are pruned (oldest first; alerts never)",
+                            min=0)
+    check_every_s: float = _f(60.0, "how often free space is checked (and pruned)", gt=0)
+    reserve_mb: float = _f(8.0, "space held in <root>/.reserve and released when the card is "
+                           "full and nothing is left to prune, so alerts can still be stored "
+                           "(0 = no reserve)", min=0)
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    backoff_min_s: float = _f(2.0, "first retry delay after a failed send", gt=0)
+    backoff_max_s: float = _f(300.0, "longest retry delay", gt=0)
+    inflight_timeout_s: float = _f(60.0, "a sent message with no PUBACK after this is re-sent",
+                                   gt=0)
+    max_inflight: int = _f(20, "messages awaiting PUBACK at once (capped by the broker's "
+                           "Receive Maximum; more helps on high-latency links)", min=1,
+                           max=1000)
+    alert_expiry_s: float = _f(0.0, "drop undelivered alerts after this (0 = never)", min=0)
+    status_expiry_s: float = _f(3600.0, "drop undelivered status messages after this "
+                                "(0 = never)", min=0)
+    event_expiry_s: float = _f(0.0, "drop undelivered non-alert events after this (0 = never)",
+                               min=0)
+    thumb_expiry_s: float = _f(0.0, "drop undelivered thumbnails after this (0 = never)", min=0)
+    image_expiry_s: float = _f(7 * 86400.0, "drop undelivered full images after this "
+                               "(0 = never); the file stays on the card", min=0)
+    receipt_timeout_s: float = _f(300.0, "with mqtt.receipts: an event acknowledged by the "
+                                  "broker but with no receipt after this is sent again", gt=0)
+    receipt_timeout_max_s: float = _f(3600.0, "the receipt timeout doubles per resend up to "
+                                      "this", gt=0)
+    max_media_attempts: int = _f(10, "a media row is given up ('dead') after this many "
+                                 "attempts; alerts and events are never given up", min=1)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = _f(True, "send over MQTT")
+    host: str = _f("localhost", "broker host")
+    port: int = _f(8883, "broker port", min=1, max=65535)
+    topic_prefix: str = _f("camtrap", "first topic level")
+    client_id: str = _f("", "fixed client id (default camtrap-<unit id>)")
+    keepalive_s: int = _f(60, "MQTT keepalive", min=5, max=65535)
+    session_expiry_s: int = _f(7 * 86400, "broker keeps our session this long while we are "
+                               "offline", min=0)
+    tls: bool = _f(True, "use TLS")
+    ca_file: str = _f("", "CA certificate for the broker (TLS)")
+    cert_file: str = _f("", "client certificate (TLS, optional)")
+    key_file: str = _f("", "client key (TLS, with cert_file)")
+    allow_insecure: bool = _f(False, "allow plain TCP to a host that is not loopback")
+    reconnect_min_s: float = _f(1.0, "first reconnect delay", gt=0)
+    reconnect_max_s: float = _f(120.0, "longest reconnect delay", gt=0)
+    username: str = _f("", "MQTT user name (default: the unit id, which the broker's ACL "
+                       "pattern camtrap/%u/# expects); used with password_file")
+    password_file: str = _f("", "file holding the MQTT password (one line); must be mode 0600")
+    stats_interval_s: float = _f(300.0, "publish health on <prefix>/<unit>/stats this often "
+                                 "(0 = never)", min=0)
+    receipts: bool = _f(True, "keep events in the outbox ('acked-by-broker') until a "
+                        "receiver's receipt on <prefix>/<unit>/ack; off when no receiver runs")
+    chunk_bytes: int = _f(32768, "media chunk size", min=256, max=1048576)
+    media_window: int = _f(4, "chunks of one media file awaiting PUBACK at once", min=1,
+                           max=64)
+    max_message_bytes: int = _f(262144, "never publish a message larger than this (keep at or "
+                                "below the broker's max_packet_size)", min=1024)
+    send_images: bool = _f(True, "send full images (after alerts, status, events, thumbnails)")
+    image_min_link_s: float = _f(30.0, "full images only go once the link has been up and "
+                                 "clean (no lost message) this long", min=0)
+
+
+@dataclass(frozen=True)
+class LorawanConfig:
+    """LoRaWAN alert link (trap/uplink/router.py). Keys live in ``secrets_file``, never here."""
+
+    enabled: bool = _f(False, "send 11-byte alerts (and status) over a LoRaWAN AT modem")
+    module: Literal["rak3172", "wio-e5"] = _f("rak3172", "modem: RAK3172 (RUI3 AT firmware) "
+                                              "or Seeed Wio-E5")
+    port: str = _f("/dev/ttyS0", "serial port or pyserial URL of the modem")
+    baudrate: int = _f(0, "serial speed (0 = the module's default: 115200 RAK3172, 9600 "
+                       "Wio-E5)", min=0, max=921600)
+    region: Literal["RU864", "EU868"] = _f("RU864", "LoRaWAN region (band plan)")
+    secrets_file: str = _f("/etc/camtrap/lorawan.toml", "TOML with dev_eui, join_eui, app_key; "
+                           "must be mode 0600")
+    mode: Literal["always", "fallback"] = _f(
+        "always", "always: every alert also goes over LoRa (ARCHITECTURE: alerts go on every "
+        "link); fallback: only while MQTT has not delivered it (saves airtime)")
+    fallback_after_s: float = _f(60.0, "fallback: while MQTT looks connected, wait this long "
+                                 "for it to deliver before using LoRa airtime", min=0)
+    confirmed: bool = _f(True, "send alerts as confirmed uplinks (retried until ACKed)")
+    adr: bool = _f(True, "adaptive data rate (the network picks the data rate)")
+    data_rate: int = _f(0, "data rate when adr is off (DR0 = SF12 … DR5 = SF7)", min=0, max=5)
+    duty_cycle: float = _f(0.01, "duty cycle of the default channels' sub-band (a fraction)",
+                           gt=0, max=0.1)
+    fair_use: bool = _f(False, "also keep TTN's fair-use policy: 30 s airtime and 10 downlinks "
+                        "per 24 h")
+    max_attempts: int = _f(8, "transmissions of one alert before it is given up on LoRa (it "
+                           "still goes by MQTT)", min=1, max=100)
+    max_age_s: float = _f(6 * 3600.0, "alerts older than this are not sent over LoRa (stale "
+                          "news costs airtime others need)", gt=0)
+    priority: list[str] = _f(["person", "vehicle", "tiger", "leopard", "other_big_cat",
+                              "animal"], "order in which waiting alerts use the airtime (species "
+                             "or label); unlisted ones go last")
+    status_every_h: float = _f(6.0, "status report (fPort 11) every N hours (0 = never)",
+                               min=0, max=255)
+    status_reserve: int = _f(3, "a status is only sent if the airtime left in the window "
+                             "still allows this many alerts", min=0, max=100)
+    join_backoff_min_s: float = _f(30.0, "first wait after a failed join (doubles, with "
+                                   "jitter)", gt=0)
+    join_backoff_max_s: float = _f(3600.0, "longest wait between join attempts", gt=0)
+    command_timeout_s: float = _f(3.0, "an AT command with no final reply after this has "
+                                  "failed", gt=0, max=60)
+    accept_commands: bool = _f(True, "act on downlink commands (fPort 20: threshold, status, "
+                               "mode)")
+
+
+@dataclass(frozen=True)
+class Config:
+    unit: UnitConfig = field(default_factory=UnitConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    lorawan: LorawanConfig = field(default_factory=LorawanConfig)
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or f"camtrap-{self.unit.id}"
+
+
+ALERT_LABELS = frozenset({"animal", "person", "vehicle", "leopard", "tiger", "other_big_cat"})
+
+
+def _typename(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(key: str, tp: Any, value: Any, meta: typing.Mapping[str, Any]) -> Any:
+    """Check ``value`` against the annotation ``tp`` and the field limits."""
+    origin = get_origin(tp)
+    if is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a table, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(key, f"must be one of {_typename(tp)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list, got {type(value).__name__}")
+        return [_convert(f"{key}[{i}]", item_tp, v, {}) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported union at {key}")  # pragma: no cover - schema bug
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    else:  # pragma: no cover - schema bug
+        raise TypeError(f"unsupported type {tp!r} at {key}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(key, f"must be ≥ {meta['min']}, got {value}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(key, f"must be ≤ {meta['max']}, got {value}")
+    if "gt" in meta and value <= meta["gt"]:
+        raise ConfigError(key, f"must be > {meta['gt']}, got {value}")
+    return value
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    for k in data:
+        if k not in known:
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(known))})")
+    kwargs: dict[str, Any] = {}
+    for name, f in known.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _convert(key, hints[name], data[name], f.metadata)
+        elif f.default is MISSING and f.default_factory is MISSING:  # pragma: no cover
+            raise ConfigError(key, "is required")
+    return cls(**kwargs)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check(cfg: Config) -> None:
+    """Rules that span fields."""
+    uid = cfg.unit.id
+    if not uid:
+        raise ConfigError("unit.id", "is required (e.g. 'LL-042')")
+    if not all(c.isalnum() or c in "-_" for c in uid) or len(uid) > 32:
+        raise ConfigError("unit.id", f"use at most 32 letters, digits, '-' or '_', got {uid!r}")
+    for i, label in enumerate(cfg.policy.alert_on):
+        if label not in ALERT_LABELS:
+            raise ConfigError(f"policy.alert_on[{i}]",
+                              f"unknown label {label!r} (known: {', '.join(sorted(ALERT_LABELS))})")
+    if cfg.camera.source == "replay" and not cfg.camera.images_dir:
+        raise ConfigError("camera.images_dir", "is required when camera.source = 'replay'")
+    if cfg.hardware.backend == "sim" and cfg.camera.source == "picamera2":
+        raise ConfigError("camera.source", "picamera2 needs hardware.backend = 'pi'")
+    if cfg.hardware.backend == "pi" and cfg.trigger.sim_every_s:
+        raise ConfigError("trigger.sim_every_s", "only allowed with hardware.backend = 'sim'")
+    for key, on in (("detector.head", bool(cfg.detector.head)),
+                    ("background.enabled", cfg.background.enabled)):
+        if on and not cfg.detector.embedder:
+            raise ConfigError(key, "needs detector.embedder (the frame embedding model card)")
+    if cfg.outbox.backoff_max_s < cfg.outbox.backoff_min_s:
+        raise ConfigError("outbox.backoff_max_s", "must be ≥ outbox.backoff_min_s")
+    m = cfg.mqtt
+    if m.reconnect_max_s < m.reconnect_min_s:
+        raise ConfigError("mqtt.reconnect_max_s", "must be ≥ mqtt.reconnect_min_s")
+    if m.enabled and not m.tls and not m.allow_insecure and not _is_loopback(m.host):
+        raise ConfigError("mqtt.tls", f"plain TCP to {m.host!r} would send alerts in clear; "
+                          "set mqtt.tls = true (or mqtt.allow_insecure = true on a private net)")
+    if m.chunk_bytes > m.max_message_bytes - 1024:
+        raise ConfigError("mqtt.chunk_bytes", "must leave 1 KiB of mqtt.max_message_bytes for "
+                          "the topic and properties")
+    if cfg.outbox.receipt_timeout_max_s < cfg.outbox.receipt_timeout_s:
+        raise ConfigError("outbox.receipt_timeout_max_s", "must be ≥ outbox.receipt_timeout_s")
+    if m.cert_file and not m.key_file:
+        raise ConfigError("mqtt.key_file", "is required with mqtt.cert_file")
+    if not m.topic_prefix or any(c in m.topic_prefix for c in "#+"):
+        raise ConfigError("mqtt.topic_prefix", "must be non-empty without '#' or '+'")
+    _check_lorawan(cfg)
+
+
+def _check_lorawan(cfg: Config) -> None:
+    lw = cfg.lorawan
+    if lw.join_backoff_max_s < lw.join_backoff_min_s:
+        raise ConfigError("lorawan.join_backoff_max_s", "must be ≥ lorawan.join_backoff_min_s")
+    for i, name in enumerate(lw.priority):
+        if name not in ALERT_LABELS:
+            raise ConfigError(f"lorawan.priority[{i}]",
+                              f"unknown label {name!r} (known: {', '.join(sorted(ALERT_LABELS))})")
+    if lw.enabled and not lw.port:
+        raise ConfigError("lorawan.port", "is required when lorawan.enabled = true")
+    if lw.enabled and not lw.secrets_file:
+        raise ConfigError("lorawan.secrets_file", "is required when lorawan.enabled = true")
+    if lw.enabled and lw.mode == "fallback" and not cfg.mqtt.enabled:
+        raise ConfigError("lorawan.mode", "'fallback' needs mqtt.enabled; use 'always' for a "
+                          "LoRa-only trap")
+
+
+def parse(data: dict[str, Any]) -> Config:
+    """Validate an already-parsed TOML document."""
+    cfg = _build(Config, data, "")
+    _check(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file.
+
+    Raises:
+        ConfigError: with the dotted key (``file`` for unreadable or malformed TOML).
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError("file", f"cannot read {p}: {e.strerror}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("file", f"{p} is not valid TOML: {e}") from e
+    return parse(data)
+
+
+def explain() -> list[str]:
+    """Every key with its default and doc line, for ``check-config --explain`` and the README."""
+    out: list[str] = []
+
+    def walk(cls: type[Any], prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            tp = hints[f.name]
+            if is_dataclass(tp):
+                walk(tp, key)  # type: ignore[arg-type]
+                continue
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:  # pragma: no cover - every field has a default
+                default = None
+            out.append(f"{key} = {default!r}  # {_typename(tp)}; {f.metadata.get('doc', '')}")
+
+    walk(Config, "")
+    return out

@@ -1,0 +1,770 @@
+"""One frame in, one :class:`~edge_app.core.events.FrameResult` out; one burst in, a list out.
+
+decode (reduced-scale JPEG, upright, RGB) → letterbox → detector → classes to camtrap
+categories → crop classifier on the best animal boxes → species. When the detector finds
+nothing at all, the classifier looks at the whole frame: the stand-in COCO detector misses
+night and half-hidden cats (the cameratrapai ocelot), and a trap that drops a leopard is worse
+than no filter. For a burst (:meth:`Pipeline.analyse_burst`) an optional motion gate first
+compares each frame with the pre-trigger frame and skips inference where nothing changed.
+
+Site adaptation (issue 6): when a site head (``detector.head``) or the self-learned background
+is on, the frame is also embedded once (:mod:`edge_app.trap.detect.embed`), on the frame already
+decoded for the detector and, when the classifier looked at the whole frame, on the very same
+224×224 pixels; the head's P(empty) and the background's similarity are computed from that one
+vector and recorded in the result, and the embedding itself is kept for the daemon to learn
+from. The pipeline only records these votes: combining them is the policy's job
+(:func:`edge_app.trap.detect.policy.decide`).
+
+Thresholds are per camtrap category and species (``[detector.thresholds]``): the decoder keeps
+candidates above the lowest of them and each box must clear its own category's; a species is
+named only above its own threshold.
+
+Everything model-specific comes from the cards (:mod:`edge_app.trap.detect.cards`); the detector's
+output format selects a *head* from :data:`DETECTOR_HEADS`, so a new format is one entry
+there plus its decoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from edge_app.core.config import DetectorConfig
+from edge_app.core.errors import ImageError, ModelError
+from edge_app.core.events import (
+    CATEGORIES,
+    SPECIES,
+    Detection,
+    Frame,
+    FrameResult,
+    Label,
+    Species,
+)
+from edge_app.trap.detect import decoders
+from edge_app.trap.detect.cards import (
+    ClassMap,
+    ModelCard,
+    build_class_map,
+    find_card,
+    load_card,
+    load_labels,
+    verify_model_file,
+)
+from edge_app.trap.detect.decoders import Decoded, Quant
+from edge_app.trap.detect.embed import Embedder
+from edge_app.trap.detect.preprocess import (
+    DecodeBuffer,
+    DecodedImage,
+    Geometry,
+    Letterboxer,
+    changed_fraction,
+    crop_resized,
+    decode_image,
+    grey_thumbnail,
+)
+from edge_app.trap.detect.runtime import TensorInfo, TfliteModel
+from edge_app.trap.detect.site_head import SiteHead, load_head
+
+if TYPE_CHECKING:
+    from edge_app.trap.detect.background import BackgroundMemory
+
+log = logging.getLogger(__name__)
+
+MAX_DETECTIONS = 20
+"""Boxes kept per frame after NMS; a camera-trap frame with more is a herd, 20 tell the story."""
+MAX_CLASSIFIED = 3
+"""Animal boxes per frame that get a classifier pass (best first): bounds the worst case to
+~3 × 3 ms on x86, ~3 × 40 ms on a Pi Zero 2 W."""
+
+_ANIMAL = CATEGORIES.index("animal")
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A card, its verified and loaded model, labels and class map."""
+
+    card: ModelCard
+    model: TfliteModel
+    labels: tuple[str, ...]
+    classes: ClassMap
+
+
+def load_model(name: str, models_dir: Path, num_threads: int, task: str) -> LoadedModel:
+    """Find the card, verify the file's sha256, load the model and check it fits the card.
+
+    Raises:
+        ModelError: missing/invalid card, missing or altered model file, wrong task, or a
+            model whose tensors do not match the card.
+    """
+    card = load_card(find_card(name, models_dir))
+    if card.task != task:
+        raise ModelError(str(card.path), f"card {name!r} is a {card.task}, expected a {task}")
+    path = verify_model_file(card, models_dir)
+    labels = load_labels(card, models_dir)
+    classes = build_class_map(card, labels)
+    model = TfliteModel(path, num_threads, card.input.value_range)
+    want = (card.input.width, card.input.height)
+    if model.input_size != want:
+        model.close()
+        raise ModelError(str(path), f"input is {model.input_size[0]}x{model.input_size[1]} but "
+                         f"card {card.path} says {want[0]}x{want[1]}")
+    model.warm_up()
+    return LoadedModel(card, model, labels, classes)
+
+
+def quant_of(t: TensorInfo) -> Quant:
+    """The (scale, zero point) a decoder needs, or None for a float tensor."""
+    return (t.scale, t.zero_point) if t.quantised else None
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorHead:
+    """How to check and decode one detector output format.
+
+    Attributes:
+        check: raises ModelError when the model's outputs do not fit the format and labels.
+        decode: (raw outputs, loaded model, score threshold, IoU threshold, max boxes,
+            per-class thresholds) → :class:`~edge_app.trap.detect.decoders.Decoded`. The raw
+            outputs are in the tensors' own dtypes; the head passes each tensor's
+            quantisation to the decoder.
+    """
+
+    check: Callable[[LoadedModel], None]
+    decode: Callable[[list[NDArray[Any]], LoadedModel, float, float, int, NDArray[np.float32]],
+                     Decoded]
+
+
+def _shapes(m: LoadedModel) -> list[list[int]]:
+    return [list(t.shape) for t in m.model.outputs]
+
+
+def _box_scale(m: LoadedModel) -> tuple[float, float]:
+    """Input pixels per output unit: (w, h) for normalised coordinates, else (1, 1)."""
+    w, h = m.model.input_size
+    if m.card.output.params.get("coords", "normalised") == "normalised":
+        return float(w), float(h)
+    return 1.0, 1.0
+
+
+def _yolo_axis(m: LoadedModel, per_anchor: int) -> int:
+    """Which axis of the single ``[1, a, b]`` output holds the ``per_anchor`` values."""
+    outs = m.model.outputs
+    n = len(m.labels)
+    fmt = m.card.output.format
+    if len(outs) == 1 and len(outs[0].shape) == 3:
+        shape = outs[0].shape
+        if shape[1] == per_anchor and shape[2] != per_anchor:
+            return 1
+        if shape[2] == per_anchor:
+            return 2
+    raise ModelError(str(m.model.path), f"{fmt} format needs one output with {per_anchor} "
+                     f"values per anchor ({n} labels in {m.card.labels}), found {_shapes(m)}")
+
+
+def _check_yolov8(m: LoadedModel) -> None:
+    _yolo_axis(m, 4 + len(m.labels))
+
+
+def _decode_yolov8(outs: list[NDArray[Any]], m: LoadedModel, conf: float, iou: float,
+                   max_det: int, class_thr: NDArray[np.float32]) -> Decoded:
+    out = outs[0]
+    if _yolo_axis(m, 4 + len(m.labels)) == 2:  # [1, N, 4+C] export: a view, not a copy
+        out = out.transpose(0, 2, 1)
+    mapped = m.classes.mapped_classes
+    q = quant_of(m.model.outputs[0])
+    boxes, scores, class_ids = decoders.decode_yolov8(
+        out, conf, iou, max_det, classes=mapped, nms_groups=m.classes.category_of,
+        box_scale=_box_scale(m), quant=q, class_thresholds=class_thr)
+    class_max = np.zeros(len(m.labels), np.float32)
+    class_max[mapped] = decoders.yolov8_class_max(out, mapped, q)
+    return Decoded(boxes, scores, class_ids, class_max)
+
+
+def _check_yolov5(m: LoadedModel) -> None:
+    _yolo_axis(m, 5 + len(m.labels))
+
+
+def _decode_yolov5(outs: list[NDArray[Any]], m: LoadedModel, conf: float, iou: float,
+                   max_det: int, class_thr: NDArray[np.float32]) -> Decoded:
+    out = outs[0]
+    if _yolo_axis(m, 5 + len(m.labels)) == 1:  # [1, 5+C, N] export
+        out = out.transpose(0, 2, 1)
+    return decoders.decode_yolov5(
+        out, conf, iou, max_det, classes=m.classes.mapped_classes,
+        nms_groups=m.classes.category_of, box_scale=_box_scale(m),
+        quant=quant_of(m.model.outputs[0]), class_thresholds=class_thr)
+
+
+def _check_yolov10(m: LoadedModel) -> None:
+    outs = m.model.outputs
+    if len(outs) != 1 or len(outs[0].shape) != 3 or outs[0].shape[2] != 6:
+        raise ModelError(str(m.model.path), f"yolov10 format needs one output [1, K, 6], "
+                         f"found {_shapes(m)}")
+
+
+def _decode_yolov10(outs: list[NDArray[Any]], m: LoadedModel, conf: float, iou: float,
+                    max_det: int, class_thr: NDArray[np.float32]) -> Decoded:
+    return decoders.decode_yolov10(
+        outs[0], conf, iou, max_det, classes=m.classes.mapped_classes,
+        n_classes=len(m.labels), nms_groups=m.classes.category_of, box_scale=_box_scale(m),
+        quant=quant_of(m.model.outputs[0]), class_thresholds=class_thr)
+
+
+def _roles(m: LoadedModel) -> dict[str, int]:
+    """Output role → output index, from the card's ``outputs`` list."""
+    roles = list(m.card.output.params["outputs"])
+    return {r: i for i, r in enumerate(roles)}
+
+
+def _check_ssd(m: LoadedModel) -> None:
+    outs = m.model.outputs
+    n = len(m.labels)
+    fail = ModelError(str(m.model.path), f"ssd_raw_anchors format needs 3 outputs: scores "
+                      f"[1, N, {n}] ({n} labels in {m.card.labels}), boxes [1, N, 4], anchors "
+                      f"[1, N, 4] in the order of the card's outputs, found {_shapes(m)}")
+    if len(outs) != 3:
+        raise fail
+    r = _roles(m)
+    sc, bx, an = (outs[r[k]].shape for k in ("scores", "boxes", "anchors"))
+    if (len(sc) != 3 or sc[2] != n or bx != an or len(bx) != 3 or bx[2] != 4
+            or bx[1] != sc[1]):
+        raise fail
+
+
+def _decode_ssd(outs: list[NDArray[Any]], m: LoadedModel, conf: float, iou: float,
+                max_det: int, class_thr: NDArray[np.float32]) -> Decoded:
+    r = _roles(m)
+    p = m.card.output.params
+    t = m.model.outputs
+    return decoders.decode_ssd_raw(
+        outs[r["scores"]], outs[r["boxes"]], outs[r["anchors"]], conf, iou, max_det,
+        classes=m.classes.mapped_classes, encoding=p["encoding"],
+        variances=cast(tuple[float, float, float, float], tuple(p["variances"])),
+        order=p["order"], activation=p["activation"], nms_groups=m.classes.category_of,
+        box_scale=_box_scale(m),
+        quants=(quant_of(t[r["scores"]]), quant_of(t[r["boxes"]]), quant_of(t[r["anchors"]])),
+        class_thresholds=class_thr)
+
+
+def _check_postprocess(m: LoadedModel) -> None:
+    outs = m.model.outputs
+    fail = ModelError(str(m.model.path), "tflite_postprocess format needs 4 outputs: boxes "
+                      "[1, K, 4], classes [1, K], scores [1, K], count [1] in the order of "
+                      f"the card's outputs, found {_shapes(m)}")
+    if len(outs) != 4:
+        raise fail
+    r = _roles(m)
+    bx, cl, sc, ct = (outs[r[k]].shape for k in ("boxes", "classes", "scores", "count"))
+    if len(bx) != 3 or bx[2] != 4 or cl != sc or cl != bx[:2] or math.prod(ct) != 1:
+        raise fail
+
+
+def _decode_postprocess(outs: list[NDArray[Any]], m: LoadedModel, conf: float, iou: float,
+                        max_det: int, class_thr: NDArray[np.float32]) -> Decoded:
+    r = _roles(m)
+    t = m.model.outputs
+    real = [decoders.dequantise(outs[i], quant_of(t[i])) for i in range(len(outs))]
+    return decoders.decode_tflite_postprocess(
+        real[r["boxes"]], real[r["classes"]], real[r["scores"]], real[r["count"]], conf, iou,
+        max_det, classes=m.classes.mapped_classes, n_classes=len(m.labels),
+        label_offset=int(m.card.output.params["label_offset"]),
+        nms_groups=m.classes.category_of, box_scale=_box_scale(m), class_thresholds=class_thr)
+
+
+DETECTOR_HEADS: dict[str, DetectorHead] = {
+    "yolov8": DetectorHead(_check_yolov8, _decode_yolov8),
+    "yolov5": DetectorHead(_check_yolov5, _decode_yolov5),
+    "yolov10": DetectorHead(_check_yolov10, _decode_yolov10),
+    "ssd_raw_anchors": DetectorHead(_check_ssd, _decode_ssd),
+    "tflite_postprocess": DetectorHead(_check_postprocess, _decode_postprocess),
+}
+"""Output format → head. Every detector format of :data:`~edge_app.trap.detect.cards.FORMATS`
+has one (a test checks it)."""
+
+
+def _check_classifier(m: LoadedModel) -> None:
+    outs = m.model.outputs
+    n = len(m.labels)
+    if len(outs) != 1 or math.prod(outs[0].shape) != n:
+        shapes = [list(t.shape) for t in outs]
+        raise ModelError(str(m.model.path), f"classifier format needs one output of {n} scores "
+                         f"({n} labels in {m.card.labels}), found {shapes}")
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@dataclass(slots=True)
+class _Box:
+    """A detection being built (Detection is frozen)."""
+
+    category: int
+    conf: float
+    bbox: tuple[float, float, float, float]
+    cls: str
+    species: Species | None = None
+    species_conf: float | None = None
+
+    def freeze(self) -> Detection:
+        return Detection(CATEGORIES[self.category], self.conf, self.bbox, self.cls,
+                         self.species, self.species_conf)
+
+
+@dataclass(slots=True)
+class _Species:
+    """The best species verdict of one classifier pass."""
+
+    species: Species | None
+    conf: float
+    sums: NDArray[np.float32]
+    top_class: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Resolved thresholds: per camtrap category/species and per detector class.
+
+    Attributes:
+        category: per category (CATEGORIES order), ``detector.thresholds.<c>`` or
+            ``detector.score_threshold``.
+        species: per species (SPECIES order), ``detector.thresholds.<s>`` or
+            ``detector.species_threshold``.
+        per_class: per detector class, the threshold of its category (inf if unmapped).
+        decode: the lowest of them: what the decoder keeps as candidates.
+    """
+
+    category: NDArray[np.float32]
+    species: NDArray[np.float32]
+    per_class: NDArray[np.float32]
+    decode: float
+
+    @classmethod
+    def resolve(cls, cfg: DetectorConfig, classes: ClassMap) -> Thresholds:
+        """Fill the per-category/species defaults in and map them onto the classes."""
+        th = cfg.thresholds
+        category = np.array([getattr(th, c) or cfg.score_threshold for c in CATEGORIES],
+                            np.float32)
+        species = np.array([getattr(th, s) or cfg.species_threshold for s in SPECIES],
+                           np.float32)
+        per_class = np.full(len(classes.names), np.inf, np.float32)
+        mapped = classes.category_of >= 0
+        per_class[mapped] = category[classes.category_of[mapped]]
+        decode = float(per_class[mapped].min()) if mapped.any() else cfg.score_threshold
+        return cls(category, species, per_class, decode)
+
+
+@dataclass(slots=True)
+class _Site:
+    """What the embedding-based stages made of one frame."""
+
+    embedding: NDArray[np.float32]
+    embed_ms: float
+    head_ms: float = 0.0
+    empty_prob: float | None = None
+    head_empty: bool | None = None
+    background_sim: float | None = None
+    background_known: bool | None = None
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A decoded frame, letterboxed; valid until the next frame is decoded."""
+
+    decoded: DecodedImage
+    geometry: Geometry
+    decode_ms: float
+    letterbox_ms: float
+
+
+class Pipeline:
+    """Motion gate → detector → crop classifier, driven by model cards.
+
+    Not thread-safe (interpreters and buffers are reused): one Pipeline per detect thread.
+    """
+
+    def __init__(self, cfg: DetectorConfig, models_dir: Path, *, embed: bool = False,
+                 background: BackgroundMemory | None = None) -> None:
+        """Load and verify the detector, the classifier (unless ``cfg.classifier`` is ''),
+        and the embedding model and site head when they are used.
+
+        Args:
+            cfg: ``[detector]``.
+            models_dir: the models folder (cards, model files, a relative ``cfg.head``).
+            embed: compute the frame embedding even without a head (for the background or
+                for ``camtrap eval --loso``); a head or a background implies it.
+            background: the trap's self-learned background, when on.
+
+        Raises:
+            ModelError: a card, model file, label file or head file is missing, invalid or
+                altered, or the head was trained on another embedding model.
+        """
+        self.cfg = cfg
+        self.models_dir = models_dir
+        t0 = time.perf_counter()
+        det = load_model(cfg.detector, models_dir, cfg.num_threads, "detector")
+        head = DETECTOR_HEADS.get(det.card.output.format)
+        try:
+            if head is None:
+                raise ModelError(str(det.card.path), f"output format "
+                                 f"{det.card.output.format!r} has no detector head (known: "
+                                 f"{', '.join(DETECTOR_HEADS)})")
+            head.check(det)
+        except ModelError:
+            det.model.close()
+            raise
+        self._det = det
+        self._head = head
+        self._clf: LoadedModel | None = None
+        if cfg.classifier:
+            clf = load_model(cfg.classifier, models_dir, cfg.num_threads, "classifier")
+            try:
+                _check_classifier(clf)
+            except ModelError:
+                clf.model.close()
+                det.model.close()
+                raise
+            self._clf = clf
+        self._embedder: Embedder | None = None
+        self.head: SiteHead | None = None
+        self.background = background
+        """The self-learned background; the daemon sets it once the embedder is known."""
+        if cfg.head or embed or background is not None:
+            try:
+                self._load_embedding(cfg, models_dir)
+            except ModelError:
+                self.close()
+                raise
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        """Time to verify, load and warm up the models (``bench`` reports it)."""
+        spec = det.card.input
+        self._letterbox = Letterboxer(spec.width, spec.height, spec.resize, spec.pad_value)
+        self._buffer = DecodeBuffer()
+        self._whole: tuple[tuple[int, int], NDArray[np.uint8]] | None = None
+        self.thresholds = Thresholds.resolve(cfg, det.classes)
+
+    def _load_embedding(self, cfg: DetectorConfig, models_dir: Path) -> None:
+        if not cfg.embedder:
+            raise ModelError("detector.embedder", "the site head and the background need an "
+                             "embedding model card")
+        self._embedder = Embedder(cfg.embedder, models_dir, cfg.num_threads)
+        if cfg.head:
+            self.head = load_head(head_path(cfg.head, models_dir), self._embedder.sha256,
+                                  self._embedder.dims)
+            log.info("site head %s: threshold %.3f (%s)", self.head.path,
+                     self.head_threshold, "config" if cfg.head_threshold else "head file")
+
+    @property
+    def head_threshold(self) -> float:
+        """P(empty) at or above which the head votes empty: config, else the head file's."""
+        if self.head is None:
+            return math.inf
+        return self.cfg.head_threshold or self.head.threshold
+
+    @property
+    def embedder(self) -> Embedder | None:
+        """The frame embedding model, when loaded."""
+        return self._embedder
+
+    @property
+    def detector_card(self) -> ModelCard:
+        """The detector's card (for stats and ``bench``)."""
+        return self._det.card
+
+    @property
+    def classifier_card(self) -> ModelCard | None:
+        """The classifier's card, or None when there is no classifier."""
+        return None if self._clf is None else self._clf.card
+
+    @property
+    def detector_model(self) -> TfliteModel:
+        """The detector's interpreter wrapper (``bench`` times its bare invoke)."""
+        return self._det.model
+
+    @property
+    def classifier_model(self) -> TfliteModel | None:
+        """The classifier's interpreter wrapper, or None."""
+        return None if self._clf is None else self._clf.model
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the interpreters."""
+        self._det.model.close()
+        if self._clf is not None:
+            self._clf.model.close()
+        if getattr(self, "_embedder", None) is not None:
+            assert self._embedder is not None
+            self._embedder.close()
+
+    # -- one frame ------------------------------------------------------------------------
+
+    def analyse(self, image: bytes | Path) -> FrameResult:
+        """Run the whole pipeline on one encoded image.
+
+        Args:
+            image: JPEG/PNG bytes (a camera frame) or a file path.
+
+        Returns:
+            The frame's result; ``max_scores`` holds every category's and species' highest
+            raw score, below thresholds too.
+
+        Raises:
+            ImageError: nothing decodable in ``image``.
+        """
+        return self._infer(self._prepare(image, image if isinstance(image, Path) else "frame"))
+
+    def _prepare(self, image: bytes | Path, name: object) -> _Prepared:
+        spec = self._det.card.input
+        t0 = time.perf_counter()
+        decoded = decode_image(image, (spec.width, spec.height), spec.resize, self._buffer)
+        t1 = time.perf_counter()
+        if decoded.truncated:
+            log.warning("%s: truncated image, decoded the part that is there", name)
+        geom = self._letterbox(decoded.image)
+        t2 = time.perf_counter()
+        return _Prepared(decoded, geom, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+
+    def _infer(self, prep: _Prepared) -> FrameResult:
+        cfg = self.cfg
+        det = self._det
+        th = self.thresholds
+        self._whole = None
+        t0 = time.perf_counter()
+        det.model.set_image(self._letterbox.buffer, bgr=det.card.input.colour_order == "BGR")
+        t1 = time.perf_counter()
+        raw = det.model.invoke_raw()
+        t2 = time.perf_counter()
+        dec = self._head.decode(raw, det, th.decode, cfg.iou_threshold, MAX_DETECTIONS,
+                                th.per_class)
+        cat_max = det.classes.category_max(dec.class_max)
+        sp_max = det.classes.species_max(dec.class_max)
+        norm = prep.geometry.to_normalised(dec.boxes)
+        boxes: list[_Box] = []
+        for k in range(dec.scores.shape[0]):
+            c = int(dec.class_ids[k])
+            b = _Box(int(det.classes.category_of[c]), float(dec.scores[k]),
+                     (float(norm[k, 0]), float(norm[k, 1]), float(norm[k, 2]),
+                      float(norm[k, 3])), det.classes.names[c])
+            s = int(det.classes.species_of[c])
+            # A detector that knows species (a better model than COCO) names it, when its
+            # confidence also clears that species' threshold.
+            if s >= 0 and b.conf >= th.species[s]:
+                b.species, b.species_conf = SPECIES[s], b.conf
+            boxes.append(b)
+        t3 = time.perf_counter()
+
+        image = prep.decoded.image
+        if self._clf is not None:
+            animals = [b for b in boxes if b.category == _ANIMAL and b.species is None]
+            for b in animals[:MAX_CLASSIFIED]:
+                v = self._classify(image, b.bbox, th.species)
+                np.maximum(sp_max, v.sums, out=sp_max)
+                if v.species is not None:
+                    b.species, b.species_conf = v.species, v.conf
+            if not boxes:
+                whole = np.maximum(th.species, cfg.whole_frame_species_threshold)
+                v = self._classify(image, None, whole)
+                np.maximum(sp_max, v.sums, out=sp_max)
+                if v.species is not None:
+                    # No box, but the classifier is sure a cat fills the frame: report it as
+                    # a whole-frame animal so the trigger is kept and alerted on.
+                    boxes.append(_Box(_ANIMAL, v.conf, (0.0, 0.0, 1.0, 1.0), v.top_class,
+                                      v.species, v.conf))
+        t4 = time.perf_counter()
+        site = self._site(image)
+        t5 = time.perf_counter()
+
+        # max_scores ≥ every reported confidence (a whole-frame species verdict is an animal).
+        for b in boxes:
+            cat_max[b.category] = max(cat_max[b.category], b.conf)
+        boxes.sort(key=lambda b: -b.conf)
+        detections = tuple(b.freeze() for b in boxes)
+        label: Label = detections[0].category if detections else "empty"
+        named = [d for d in detections if d.species is not None]
+        best_sp = max(named, key=lambda d: d.species_conf or 0.0) if named else None
+        species = best_sp.species if best_sp else None
+        score = detections[0].conf if detections else 0.0
+        if label == "animal" and best_sp is not None and best_sp.species_conf is not None:
+            score = best_sp.species_conf
+        max_scores: dict[str, float] = {c: float(cat_max[i]) for i, c in enumerate(CATEGORIES)}
+        max_scores.update({s: float(sp_max[i]) for i, s in enumerate(SPECIES)})
+        decode_ms = prep.decode_ms + prep.letterbox_ms
+        stages = {"decode": prep.decode_ms, "preprocess": prep.letterbox_ms + (t1 - t0) * 1e3,
+                  "invoke": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3,
+                  "classify": (t4 - t3) * 1e3}
+        timings = {"decode": decode_ms, "detect": (t3 - t0) * 1e3, "classify": (t4 - t3) * 1e3}
+        if site is not None:
+            stages["embed"] = site.embed_ms
+            stages["head"] = site.head_ms
+            stages["background"] = (t5 - t4) * 1e3 - site.embed_ms - site.head_ms
+            timings["embed"] = (t5 - t4) * 1e3
+        return FrameResult(
+            label=label,
+            species=species,
+            score=score,
+            detections=detections,
+            max_scores=max_scores,
+            timings_ms=timings,
+            stages_ms=stages,
+            empty_prob=None if site is None else site.empty_prob,
+            head_empty=None if site is None else site.head_empty,
+            background_sim=None if site is None else site.background_sim,
+            background_known=None if site is None else site.background_known,
+            embedding=None if site is None else site.embedding,
+        )
+
+    def _site(self, image: Image.Image) -> _Site | None:
+        """The frame embedding, once, and what the head and the background make of it."""
+        emb = self._embedder
+        if emb is None:
+            return None
+        t0 = time.perf_counter()
+        pixels = self._whole_frame(image, emb.size) if emb.stretches else emb.pixels(image)
+        vec = emb.embed_pixels(pixels)
+        t1 = time.perf_counter()
+        out = _Site(embedding=vec.copy(), embed_ms=(t1 - t0) * 1e3)
+        if self.head is not None:
+            out.empty_prob = self.head.empty_prob(vec)
+            out.head_empty = out.empty_prob >= self.head_threshold
+            out.head_ms = (time.perf_counter() - t1) * 1e3
+        bg = self.background
+        if bg is not None:
+            out.background_sim = bg.similarity(vec)
+            out.background_known = bg.is_known(out.background_sim)
+        return out
+
+    def _whole_frame(self, image: Image.Image, size: tuple[int, int]) -> NDArray[np.uint8]:
+        """The whole frame stretched to ``size``, made once per frame: the classifier's
+        whole-frame pass and the embedding model (both 224×224) share it."""
+        if self._whole is not None and self._whole[0] == size:
+            return self._whole[1]
+        pixels = crop_resized(image, None, 0.0, size)
+        self._whole = (size, pixels)
+        return pixels
+
+    def _classify(self, image: Image.Image, bbox: tuple[float, float, float, float] | None,
+                  thresholds: NDArray[np.float32]) -> _Species:
+        """Classifier pass on a box crop (with context) or on the whole frame.
+
+        The named species is the likeliest of those whose summed probability clears its own
+        threshold (``thresholds``, SPECIES order), so a stricter tiger threshold does not
+        hide a leopard that clears its own.
+        """
+        clf = self._clf
+        assert clf is not None
+        spec = clf.card.input
+        size = (spec.width, spec.height)
+        pixels = (self._whole_frame(image, size) if bbox is None
+                  else crop_resized(image, bbox, self.cfg.crop_context, size))
+        clf.model.set_image(pixels, bgr=spec.colour_order == "BGR")
+        probs = decoders.decode_classifier(clf.model.invoke()[0],
+                                           bool(clf.card.output.params.get("softmax", False)))
+        sums = clf.classes.species_sum(probs)
+        passing = np.where((sums >= thresholds) & (sums > 0.0), sums, -1.0)
+        j = int(np.argmax(passing))
+        if passing[j] < 0.0:
+            return _Species(None, 0.0, sums)
+        idx = clf.classes.species_classes[j]
+        top = clf.classes.names[int(idx[int(np.argmax(probs[idx]))])]
+        return _Species(SPECIES[j], float(sums[j]), sums, top)
+
+    # -- a burst --------------------------------------------------------------------------
+
+    def analyse_burst(self, frames: Sequence[Frame]) -> list[FrameResult | None]:
+        """Analyse a trigger's frames, skipping unchanged ones when the motion gate is on.
+
+        The reference is the last pre-trigger frame (the scene just before the PIR fired).
+        It is always analysed. With ``detector.motion_gate`` on, every other frame is first
+        compared with it on a small greyscale copy; a frame where fewer than
+        ``motion_min_fraction`` of the pixels changed by more than ``motion_pixel_delta``
+        grey levels shows the same scene, so it *takes the reference's result* (marked
+        ``gated``) instead of running the detector and the classifier again.
+
+        Taking the reference's result, rather than calling the frame empty, is what makes
+        the gate safe: an animal standing still in front of the camera since before the
+        trigger is in the reference's result, so it is in the skipped frames' too.
+
+        Args:
+            frames: the burst, pre-trigger frames first (as :func:`capture_burst` builds it).
+
+        Returns:
+            One result per frame, ``None`` where the frame could not be decoded (logged).
+        """
+        n = len(frames)
+        results: list[FrameResult | None] = [None] * n
+        ref_i = max((i for i, f in enumerate(frames) if f.pre_trigger), default=-1)
+        gate = self.cfg.motion_gate and ref_i >= 0
+        ref_grey: NDArray[np.int16] | None = None
+        order = ([ref_i] if ref_i >= 0 else []) + [i for i in range(n) if i != ref_i]
+        for i in order:
+            f = frames[i]
+            try:
+                prep = self._prepare(f.jpeg, f.name or f"frame {f.index}")
+            except ImageError as e:
+                log.warning("frame %d (%s) unreadable: %s", f.index, f.name or "camera", e)
+                continue
+            if not gate:
+                results[i] = self._infer(prep)
+                continue
+            t0 = time.perf_counter()
+            grey = grey_thumbnail(prep.decoded.image, self.cfg.motion_size)
+            gate_ms = (time.perf_counter() - t0) * 1e3
+            if i == ref_i:
+                ref_grey = grey
+                results[i] = self._infer(prep)
+                continue
+            ref = results[ref_i]
+            motion = (1.0 if ref_grey is None or ref is None
+                      else changed_fraction(grey, ref_grey, self.cfg.motion_pixel_delta))
+            if ref is not None and motion < self.cfg.motion_min_fraction:
+                decode_ms = prep.decode_ms + prep.letterbox_ms
+                results[i] = dataclasses.replace(
+                    ref, gated=True, motion=motion,
+                    timings_ms={"decode": decode_ms, "detect": 0.0, "classify": 0.0},
+                    stages_ms={"decode": prep.decode_ms, "preprocess": prep.letterbox_ms,
+                               "gate": gate_ms})
+                continue
+            results[i] = dataclasses.replace(self._infer(prep), motion=motion)
+        return results
+
+
+def head_path(value: str, models_dir: Path) -> Path:
+    """``detector.head`` as a path: absolute, or relative to the models folder."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else models_dir / p
+
+
+def resolve_models_dir(cli_value: str | None, cfg_value: str) -> Path:
+    """The models folder: ``--models``, else ``detector.models_dir``, else ``CAMTRAP_MODELS``.
+
+    Raises:
+        ModelError: none of the three is set, or the folder does not exist.
+    """
+    env = os.environ.get("CAMTRAP_MODELS", "")
+    for value, how in ((cli_value, "--models"), (cfg_value, "detector.models_dir"),
+                       (env, "CAMTRAP_MODELS")):
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_dir():
+                raise ModelError(str(path), f"model folder does not exist (set by {how})")
+            return path
+    raise ModelError("models", "no model folder given: pass --models DIR, set "
+                     "detector.models_dir in the config, or set CAMTRAP_MODELS")

@@ -1,0 +1,225 @@
+"""Media files: atomic, fsynced writes; thumbnails; the on-card layout.
+
+Layout under the storage root (UTC dates, so a unit's files sort the same wherever it is)::
+
+    <root>/media/YYYY/MM/DD/<event_id>.jpg        the chosen frame, bytes as captured
+    <root>/media/YYYY/MM/DD/<event_id>_thumb.jpg  a small JPEG for low-bandwidth links
+
+Why atomic: a power cut while a JPEG is being written must leave either the old file, the new
+file, or nothing under the final name, never half a JPEG that the catalogue points to. So every
+file is written to a temp name in the *same* directory (``os.replace`` is only atomic within
+one file system), fsynced, renamed, and then the directory is fsynced so the rename itself
+survives. Temp files a crash left behind are removed by :func:`clean_temp` at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edge_app.core.errors import ImageError
+
+logger = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp-"
+MEDIA_DIR = "media"
+
+MediaKind = Literal["image", "thumb"]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRef:
+    """One stored media file of an event.
+
+    Attributes:
+        id: media id, unique per unit (``<event_id>-image``); used in the media topic.
+        kind: ``image`` (the frame as captured) or ``thumb``.
+        path: where the file is on the card.
+        bytes: file size.
+        sha256: hex digest of the file, so a receiver can check a reassembled transfer.
+    """
+
+    id: str
+    kind: MediaKind
+    path: Path
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``media[]`` item of the event JSON (ARCHITECTURE §6); the path stays local."""
+        return {"id": self.id, "kind": self.kind, "bytes": self.bytes, "sha256": self.sha256}
+
+
+def media_paths(root: str | os.PathLike[str], event_id: str, wall: float) -> tuple[Path, Path]:
+    """Image and thumbnail paths of an event taken at ``wall`` (Unix time, UTC date)."""
+    day = datetime.fromtimestamp(wall, tz=UTC)
+    d = Path(root) / MEDIA_DIR / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}"
+    return d / f"{event_id}.jpg", d / f"{event_id}_thumb.jpg"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` and its missing parents durably.
+
+    A new directory is only durable once the directory holding its entry is fsynced, so each
+    parent of a newly created level is fsynced too (once a day at most, so it costs nothing).
+    """
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        _fsync_dir(d.parent)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a power cut leaves the old file or the new one.
+
+    Args:
+        path: final file name; its directory is created if needed.
+        data: the whole content.
+
+    Raises:
+        OSError: the card is full, read-only or gone; no temp file is left behind.
+    """
+    final = Path(path)
+    ensure_dir(final.parent)
+    tmp = final.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{final.name}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+
+
+def store_file(
+    path: Path, data: bytes, media_id: str, kind: MediaKind
+) -> MediaRef:
+    """Atomically write ``data`` and describe it as a :class:`MediaRef`."""
+    atomic_write(path, data)
+    return MediaRef(
+        id=media_id, kind=kind, path=path, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
+
+
+def make_thumbnail(jpeg: bytes, px: int, quality: int, max_bytes: int = 0) -> bytes:
+    """A JPEG whose longest side is at most ``px``, upright, without EXIF.
+
+    ``draft()`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding (DCT scaling),
+    which on a Pi Zero is several times faster than decoding the full frame and resizing.
+    The EXIF orientation is applied so that thumbnails of a rotated camera look right.
+
+    A truncated JPEG (a frame cut short) is decoded as far as its data goes, by retrying with
+    an End-Of-Image marker appended, rather than by flipping Pillow's process-wide
+    ``LOAD_TRUNCATED_IMAGES`` flag, which would change decoding for every other thread.
+
+    Args:
+        jpeg: the source JPEG.
+        px: longest side of the result, pixels.
+        quality: JPEG quality of the result (10–100).
+        max_bytes: if the result is larger, encode again at lower quality (down to 30), then
+            smaller, until it fits (0: no limit). A thumbnail is what crosses a weak link right
+            after the alert, so its size is a budget, not a guess.
+
+    Raises:
+        ImageError: the bytes cannot be decoded as an image.
+    """
+    try:
+        return _thumbnail(jpeg, px, quality, max_bytes)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as first:
+        if not jpeg.startswith(_SOI):
+            raise ImageError(f"cannot make a thumbnail: {first}") from first
+        try:
+            small = _thumbnail(jpeg + _EOI, px, quality, max_bytes)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ImageError(f"cannot make a thumbnail: {e}") from e
+        logger.info("thumbnail made from a truncated JPEG (%s)", first)
+        return small
+
+
+_SOI = b"\xff\xd8"
+_EOI = b"\xff\xd9"
+
+
+def _thumbnail(jpeg: bytes, px: int, quality: int, max_bytes: int = 0) -> bytes:
+    with Image.open(io.BytesIO(jpeg)) as im:
+        # draft() keeps the decoded size >= the request; asking for a square box keeps that
+        # true whichever way the EXIF orientation turns the image afterwards.
+        im.draft("RGB", (px, px))
+        upright = ImageOps.exif_transpose(im)
+        upright.thumbnail((px, px), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        if upright.mode not in ("RGB", "L"):
+            upright = upright.convert("RGB")
+        out = _encode(upright, quality)
+        while max_bytes and len(out) > max_bytes:
+            if quality > 30:
+                quality = max(30, quality - 10)
+            elif min(upright.size) > 32:
+                upright = upright.resize((max(1, upright.width * 3 // 4),
+                                          max(1, upright.height * 3 // 4)),
+                                         Image.Resampling.BILINEAR)
+            else:
+                break
+            out = _encode(upright, quality)
+    return out
+
+
+def _encode(im: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=quality, optimize=True)
+    return out.getvalue()
+
+
+def clean_temp(root: str | os.PathLike[str]) -> int:
+    """Remove temp files left by writes a crash interrupted; returns how many.
+
+    Only names starting with :data:`TEMP_PREFIX` are touched: a finished file is never
+    removed. Call at start-up, before the store thread writes anything.
+    """
+    base = Path(root) / MEDIA_DIR
+    removed = 0
+    if not base.is_dir():
+        return 0
+    for dirpath, _dirs, files in os.walk(base):
+        for name in files:
+            if not name.startswith(TEMP_PREFIX):
+                continue
+            try:
+                os.unlink(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            removed += 1
+    if removed:
+        logger.warning("removed %d unfinished media file(s) under %s", removed, base)
+    return removed

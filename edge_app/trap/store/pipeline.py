@@ -1,0 +1,446 @@
+"""The store stage: a decided trigger becomes media files, a catalogue row and outbox rows.
+
+Order of writes, and why:
+
+1. The media files, atomically and fsynced (``media.atomic_write``). A row must never point
+   to a file that a power cut could have left half-written, so files come first; a crash
+   after this step leaves only orphan files that the next event overwrites (same name).
+2. One SQLite transaction: allocate ``seq``, insert the catalogue row, insert the outbox rows.
+   Either all of them exist after a power cut or none does: an event is never catalogued
+   without its alert queued, and no alert is queued for an event that is not catalogued.
+
+The event id ``<unit>-<seq>`` is needed for the file names before the transaction allocates
+``seq``. The store thread is the only writer of the counter, so the next value is known in
+advance; the transaction checks that it got the same one (a second process writing the same
+database would be caught here).
+
+What is queued per outcome (defaults; see :class:`EventStore`):
+
+==========  ===========================================  =========================
+outcome     outbox rows                                  catalogue
+==========  ===========================================  =========================
+alert       ``alert`` (event JSON), ``thumb``, ``image``  row
+keep        ``event`` (event JSON), ``thumb``             row
+discard     none                                          counted; 1 in N stored as
+                                                          an audit row, never sent
+==========  ===========================================  =========================
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from edge_app.core.clock import Clock, SystemClock, rfc3339
+from edge_app.core.config import Config
+from edge_app.core.errors import ImageError, StorageError
+from edge_app.core.events import Burst, Frame, Outcome, Verdict
+from edge_app.core.topics import event_topic, media_topic
+from edge_app.trap.store import exif
+from edge_app.trap.store.catalog import Catalog, EventRecord
+from edge_app.trap.store.db import db_path, open_db, transaction
+from edge_app.trap.store.media import (
+    MediaKind,
+    MediaRef,
+    clean_temp,
+    make_thumbnail,
+    media_paths,
+    store_file,
+)
+from edge_app.trap.store.outbox import Kind, Outbox
+from edge_app.trap.store.retention import DiskGuard
+
+logger = logging.getLogger(__name__)
+
+
+THUMBS_FOR: frozenset[Outcome] = frozenset({"alert", "keep"})
+IMAGES_FOR: frozenset[Outcome] = frozenset({"alert"})
+
+
+class Recorded(NamedTuple):
+    """What :meth:`EventStore.record` stored: the event id and the event JSON (as a dict)."""
+
+    event_id: str
+    event: dict[str, Any]
+
+
+def pick_frame(burst: Burst, verdict: Verdict) -> Frame | None:
+    """The frame to keep: the verdict's best one, else the first frame after the trigger."""
+    if 0 <= verdict.best_index < len(burst.frames):
+        return burst.frames[verdict.best_index]
+    for f in burst.frames:
+        if not f.pre_trigger:
+            return f
+    return burst.frames[0] if burst.frames else None
+
+
+def build_event(
+    *,
+    event_id: str,
+    unit: str,
+    seq: int,
+    burst: Burst,
+    verdict: Verdict,
+    media: list[MediaRef],
+    battery_v: float | None,
+    temp_c: float | None,
+    time_synced: bool,
+    audit: bool = False,
+) -> dict[str, Any]:
+    """The event JSON of ARCHITECTURE §6, plus ``outcome`` and ``kept_by`` (the stages that
+    said "not empty": ``detector``, ``classifier``, ``head``, ``background``, ``motion``,
+    ``unreadable``; empty for an audit sample of a discard).
+
+    ``detections`` are the boxes of the verdict's best frame (``detect --json`` items);
+    ``frames`` is the number of frames in the burst.
+    """
+    best = None
+    if 0 <= verdict.best_index < len(verdict.results):
+        best = verdict.results[verdict.best_index]
+    event: dict[str, Any] = {
+        "id": event_id,
+        "unit": unit,
+        "seq": seq,
+        "ts": rfc3339(burst.trigger.wall),
+        "time_synced": time_synced,
+        "outcome": verdict.outcome,
+        "kept_by": list(verdict.kept_by),
+        "label": verdict.label,
+        "species": verdict.species,
+        "score": round(verdict.score, 4),
+        "detections": [] if best is None else [d.to_json() for d in best.detections],
+        "frames": len(burst.frames),
+        "media": [m.to_json() for m in media],
+        "battery_v": battery_v,
+        "temp_c": temp_c,
+    }
+    if audit:
+        event["audit"] = True
+    return event
+
+
+class EventStore:
+    """Owned by the store thread: records decided triggers (see the module docstring).
+
+    Build it anywhere; call :meth:`open` on the store thread (it owns the connection), then
+    :meth:`record` per decided trigger, then :meth:`close`.
+
+    Args:
+        cfg: the unit id, ``storage``, ``outbox``, ``policy.audit_every`` and the topic prefix.
+        clock: wall time for row creation times.
+        notify: called after rows were queued, e.g. ``MqttLink.wake``.
+        thumbs_for: outcomes whose thumbnail is queued (low priority).
+        images_for: outcomes whose full frame is queued (lowest priority).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock | None = None,
+        *,
+        notify: Callable[[], None] | None = None,
+        thumbs_for: Collection[Outcome] = THUMBS_FOR,
+        images_for: Collection[Outcome] = IMAGES_FOR,
+    ) -> None:
+        self.cfg = cfg
+        self.clock: Clock = clock or SystemClock()
+        self.root = Path(cfg.storage.root)
+        self.db_path = db_path(self.root)
+        self.notify = notify
+        self._thumbs_for = frozenset(thumbs_for)
+        self._images_for = frozenset(images_for)
+        self._conn: sqlite3.Connection | None = None
+        self._catalog: Catalog | None = None
+        self._outbox: Outbox | None = None
+        self.guard = DiskGuard.from_config(cfg)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the database and clean temp files of interrupted writes (store thread)."""
+        if self._conn is not None:
+            return
+        clean_temp(self.root)
+        self._conn = open_db(self.db_path)
+        self._catalog = Catalog(self._conn)
+        self._outbox = Outbox(self._conn, self.clock, self.cfg.outbox)
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._catalog = self._outbox = None
+
+    def __enter__(self) -> EventStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalogue on the store thread's connection (opens it if needed)."""
+        self.open()
+        assert self._catalog is not None
+        return self._catalog
+
+    @property
+    def outbox(self) -> Outbox:
+        """The outbox on the store thread's connection (opens it if needed)."""
+        self.open()
+        assert self._outbox is not None
+        return self._outbox
+
+    # -- recording ----------------------------------------------------------------------
+
+    def record(
+        self,
+        burst: Burst,
+        verdict: Verdict,
+        *,
+        battery_v: float | None = None,
+        temp_c: float | None = None,
+        time_synced: bool = True,
+    ) -> Recorded | None:
+        """Store a decided trigger and queue what must be sent.
+
+        Args:
+            burst: the trigger's frames (the chosen frame is stored as captured).
+            verdict: the decision; ``outcome`` selects what is stored and queued.
+            battery_v: battery voltage for the event JSON, if known.
+            temp_c: enclosure temperature for the event JSON, if known.
+            time_synced: whether the wall clock was synced when the trigger fired.
+
+        Returns:
+            The event id and JSON, or None for a discard that was only counted.
+
+        Raises:
+            StorageError: the database could not be written (the event is not stored).
+        """
+        catalog, outbox = self.catalog, self.outbox
+        assert self._conn is not None
+        unit = self.cfg.unit.id
+        audit = False
+        if verdict.outcome == "discard":
+            n = catalog.tally("discard") + 1
+            every = self.cfg.policy.audit_every
+            audit = every > 0 and n % every == 0
+            if not audit:
+                self._write(lambda: catalog.bump("discard"))
+                return None
+
+        seq = catalog.current_seq(unit) + 1
+        event_id = f"{unit}-{seq}"
+        self._make_room()
+        image, thumb = self._write_media(event_id, burst, verdict)
+        media = [m for m in (image, thumb) if m is not None]
+        event = build_event(
+            event_id=event_id, unit=unit, seq=seq, burst=burst, verdict=verdict, media=media,
+            battery_v=battery_v, temp_c=temp_c, time_synced=time_synced, audit=audit,
+        )
+        payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        now = self.clock.wall()
+        rec = EventRecord(
+            id=event_id, unit=unit, seq=seq, ts=burst.trigger.wall, outcome=verdict.outcome,
+            label=verdict.label, species=verdict.species, score=verdict.score, audit=audit,
+            reason=verdict.reason, event_json=payload, image_path=self._rel(image),
+            thumb_path=self._rel(thumb), created=now,
+        )
+
+        def write() -> int:
+            got = catalog.allocate_seq(unit)
+            if got != seq:
+                raise StorageError(
+                    f"seq for {unit} moved from {seq - 1} to {got - 1} under us: is another "
+                    f"camtrap writing {self.db_path}?"
+                )
+            catalog.insert(rec)
+            if audit:
+                catalog.bump("discard")
+                return 0
+            return self._enqueue(outbox, rec, payload.encode("utf-8"), image, thumb, now)
+
+        queued = self._write(write)
+        logger.info(
+            "stored %s %s %s%s (%d message(s) queued)", event_id, verdict.outcome, verdict.label,
+            " audit sample" if audit else "", queued, extra={"event_id": event_id},
+        )
+        if queued and self.notify is not None:
+            self.notify()
+        return Recorded(event_id, event)
+
+    def _write(self, fn: Callable[[], int]) -> int:
+        """Run ``fn`` in one transaction, translating database failures.
+
+        A transaction that failed because the card is full is tried once more after pruning
+        media (the database itself needs a little room to commit an alert).
+        """
+        assert self._conn is not None
+        for attempt in (1, 2):
+            try:
+                with transaction(self._conn):
+                    return fn()
+            except sqlite3.Error as e:
+                if attempt == 1 and _is_full(e) and self._make_room(force=True):
+                    continue
+                raise StorageError(f"cannot write {self.db_path}: {e}") from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _make_room(self, force: bool = False, need_bytes: int = 1024 * 1024) -> bool:
+        """Prune media if the card is low on space (or ``force``, after a write failed for
+        lack of it); True if anything was freed."""
+        if not force and not self.guard.low():
+            return False
+        assert self._conn is not None
+        assert self._outbox is not None
+        result = self.guard.prune(self._conn, self._outbox, self.clock.wall(),
+                                  need_bytes=need_bytes if force else 0)
+        return result.files > 0
+
+    def _enqueue(
+        self,
+        outbox: Outbox,
+        rec: EventRecord,
+        payload: bytes,
+        image: MediaRef | None,
+        thumb: MediaRef | None,
+        now: float,
+    ) -> int:
+        prefix, unit = self.cfg.mqtt.topic_prefix, rec.unit
+        n = 0
+        if rec.outcome == "alert":
+            outbox.enqueue(
+                Kind.ALERT, event_topic(prefix, unit), payload=payload, event_id=rec.id, now=now
+            )
+        else:
+            outbox.enqueue(
+                Kind.EVENT, event_topic(prefix, unit), payload=payload, event_id=rec.id, now=now
+            )
+        n += 1
+        images_for = self._images_for if self.cfg.mqtt.send_images else frozenset()
+        for ref, kind, wanted in (
+            (thumb, Kind.THUMB, self._thumbs_for),
+            (image, Kind.IMAGE, images_for),
+        ):
+            if ref is not None and rec.outcome in wanted:
+                outbox.enqueue(
+                    kind, media_topic(prefix, unit, ref.id), media_path=self._rel(ref),
+                    event_id=rec.id, now=now,
+                )
+                n += 1
+        return n
+
+    def _write_media(
+        self, event_id: str, burst: Burst, verdict: Verdict
+    ) -> tuple[MediaRef | None, MediaRef | None]:
+        """Write the chosen frame and its thumbnail; failures are logged, not raised.
+
+        A full or failing card must not cost the alert: the event is still catalogued and
+        queued, just without the media that could not be written. While the space reserve is
+        in use (the card is full and nothing is left to prune) only the small thumbnail is
+        kept, so the reserve goes to alerts, not to the next 2 MB frame.
+        """
+        frame = pick_frame(burst, verdict)
+        if frame is None:
+            return None, None
+        img_path, thumb_path = media_paths(self.root, event_id, burst.trigger.wall)
+        image = thumb = None
+        if self.guard.emergency():
+            logger.warning("%s: card full, space reserve in use: keeping the thumbnail only",
+                           event_id)
+        else:
+            try:
+                tagged = exif.stamp(
+                    frame.jpeg, unit_id=self.cfg.unit.id, event_id=event_id,
+                    wall=burst.trigger.wall, location=self.cfg.unit.location,
+                    verdict={"outcome": verdict.outcome, "label": verdict.label,
+                             "species": verdict.species, "score": round(verdict.score, 3)},
+                )
+                image = self._store_file(img_path, tagged, f"{event_id}-image", "image")
+            except OSError as e:
+                logger.error("%s: frame not written (%s); storing the event without it",
+                             event_id, e)
+        try:
+            small = make_thumbnail(frame.jpeg, self.cfg.storage.thumb_px,
+                                   self.cfg.storage.thumb_quality,
+                                   int(self.cfg.storage.thumb_max_kb * 1024))
+        except ImageError as e:
+            logger.warning("%s: no thumbnail: %s", event_id, e)
+            return image, None
+        try:
+            thumb = self._store_file(thumb_path, small, f"{event_id}-thumb", "thumb")
+        except OSError as e:
+            logger.error("%s: thumbnail not written: %s", event_id, e)
+        return image, thumb
+
+    def _store_file(self, path: Path, data: bytes, media_id: str, kind: MediaKind) -> MediaRef:
+        """:func:`store_file`, once more after pruning if the card was full.
+
+        Raises:
+            OSError: the file could not be written even after pruning.
+        """
+        try:
+            return store_file(path, data, media_id, kind)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            logger.warning("%s: card full while writing %s: pruning", media_id, path.name)
+            if not self._make_room(force=True, need_bytes=len(data)):
+                raise
+        return store_file(path, data, media_id, kind)
+
+    def _rel(self, ref: MediaRef | None) -> str | None:
+        """A media path relative to the storage root, so the card can be read elsewhere."""
+        if ref is None:
+            return None
+        try:
+            return str(ref.path.relative_to(self.root))
+        except ValueError:
+            return str(ref.path)
+
+    # -- inspection (any thread) --------------------------------------------------------
+
+    def outbox_depth(self) -> int:
+        """Unsent outbox rows; safe from any thread (opens its own short-lived connection)."""
+        conn = open_db(self.db_path)
+        try:
+            return sum(Outbox(conn, self.clock, self.cfg.outbox).depth().values())
+        finally:
+            conn.close()
+
+    def counts_since(self, since: float) -> dict[str, int]:
+        """Stored events per outcome (audit samples apart) triggered at or after ``since``;
+        safe from any thread. Discards are not stored, so they are not in here."""
+        conn = open_db(self.db_path)
+        try:
+            out = {"alert": 0, "keep": 0, "audit": 0}
+            for r in conn.execute(
+                "SELECT outcome, audit, COUNT(*) FROM events WHERE ts >= ? "
+                "GROUP BY outcome, audit", (since,)
+            ):
+                key = "audit" if r[1] else str(r[0])
+                if key in out:
+                    out[key] += int(r[2])
+            return out
+        finally:
+            conn.close()
+
+    def counts(self) -> dict[str, int]:
+        """Catalogue totals (:meth:`Catalog.counts`); safe from any thread."""
+        conn = open_db(self.db_path)
+        try:
+            return Catalog(conn).counts()
+        finally:
+            conn.close()
+
+
+def _is_full(e: sqlite3.Error) -> bool:
+    """SQLITE_FULL ("database or disk is full") or an I/O error from a full card."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "full" in str(e).lower()

@@ -70,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from edge_app.sim.demo import DemoOptions, run_demo
+    from edge_app.tools.demo import DemoOptions, run_demo
 
     return run_demo(
         DemoOptions(

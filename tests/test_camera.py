@@ -13,14 +13,9 @@ from PIL import Image
 from edge_app.core.clock import FakeClock
 from edge_app.core.config import CameraConfig
 from edge_app.core.errors import ConfigError, HardwareUnavailable
-from edge_app.trap.hardware.camera import (
-    SIM_RING_INTERVAL_S,
-    PiCamera2Camera,
-    ReplayCamera,
-    SceneCamera,
-    SyntheticCamera,
-    make_camera,
-)
+from edge_app.sim.cameras import ReplayCamera, SyntheticCamera
+from edge_app.trap.hardware.camera import SIM_RING_INTERVAL_S, PiCamera2Camera, SceneCamera
+from edge_app.trap.hardware.factory import make_camera
 
 
 def jpegs(folder: Path, names: list[str]) -> Path:

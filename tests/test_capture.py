@@ -12,8 +12,8 @@ from PIL import Image
 from edge_app.core.clock import FakeClock, SystemClock
 from edge_app.core.config import CameraConfig
 from edge_app.core.events import Frame, TriggerEvent
+from edge_app.sim.cameras import ReplayCamera, SyntheticCamera
 from edge_app.trap.capture import capture_burst
-from edge_app.trap.hardware.camera import ReplayCamera, SyntheticCamera
 
 TRIGGER = TriggerEvent(number=7, mono=1000.0, wall=1_790_000_000.0, source="pir:17")
 

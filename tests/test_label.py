@@ -16,8 +16,8 @@ import pytest
 from cdp_support import Chromium, find_chromium
 
 from edge_app import cli
+from edge_app.tools.head_training import read_label_csv
 from edge_app.tools.label import LabelStore, serve
-from edge_app.trap.detect.site_head import read_label_csv
 
 FILES = ("blank.jpg", "human.jpg", "ocelot.jpg", "vehicle.jpg")
 

@@ -26,11 +26,12 @@ from store_support import burst_and_verdict, cfg_data, make_cfg, wait_for
 
 from edge_app.core.config import Config
 from edge_app.core.errors import ConfigError
+from edge_app.core.mqtt_common import new_properties
 from edge_app.sim.broker import PrivateBroker, find_mosquitto
 from edge_app.station.receiver import Receiver
 from edge_app.trap.store.outbox import State
 from edge_app.trap.store.pipeline import EventStore
-from edge_app.trap.uplink.mqtt import LinkState, MqttLink, new_properties
+from edge_app.trap.uplink.mqtt import LinkState, MqttLink
 
 pytestmark = pytest.mark.broker
 

@@ -15,9 +15,10 @@ from PIL import Image
 from edge_app.core.clock import FakeClock, SystemClock
 from edge_app.core.config import CameraConfig, TriggerConfig
 from edge_app.core.events import TriggerEvent
+from edge_app.sim.cameras import ReplayCamera, SyntheticCamera
 from edge_app.sim.world import SimWorld
 from edge_app.trap.capture import capture_burst
-from edge_app.trap.hardware.camera import PiCamera2Camera, ReplayCamera, SyntheticCamera
+from edge_app.trap.hardware.camera import PiCamera2Camera
 from edge_app.trap.hardware.trigger import PirTrigger, make_pin_factory
 
 

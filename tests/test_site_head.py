@@ -13,21 +13,17 @@ import pytest
 from edge_app.core.config import DetectorConfig
 from edge_app.core.errors import ModelError
 from edge_app.tools.adapt import FrameEmbeddings, embedding_info
-from edge_app.trap.detect.site_head import (
-    CLASSES,
+from edge_app.tools.head_training import (
     LabelError,
-    SiteHead,
     TrainingSet,
     check_counts,
-    head_bytes,
-    load_head,
     read_label_csv,
-    save_head,
     source_of,
     stratified_folds,
     threshold_for_recall,
     train_head,
 )
+from edge_app.trap.detect.site_head import CLASSES, SiteHead, head_bytes, load_head, save_head
 
 # --------------------------------------------------------------------------- pure rules
 
@@ -230,7 +226,7 @@ def test_bad_head_files_are_model_errors(tmp_path: Path) -> None:
 
 def test_the_new_commands_keep_the_cli_cheap_to_start() -> None:
     """`camtrap check-config` on a Pi must not pay for numpy because `models adapt` and
-    `label` registered their options (defaults live in adapt.py for this reason)."""
+    `label` registered their options (defaults live in adapt_options.py for this reason)."""
     import subprocess
     import sys
 

@@ -37,7 +37,7 @@ class SimWorld:
         pin: the PIR's BCM pin number (``trigger.pin``).
         camera: a simulated camera whose scene a visit advances (a :class:`SceneCamera`;
             typed as any :class:`Camera` so a composition root can pass what
-            :func:`~edge_app.trap.hardware.camera.make_camera` returned).
+            :func:`~edge_app.trap.hardware.factory.make_camera` returned).
         clock: times the scheduled leaves and the visit loop.
 
     Raises:

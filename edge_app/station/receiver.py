@@ -55,9 +55,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_app.core.errors import StorageError
+from edge_app.core.mqtt_common import new_properties
 from edge_app.core.topics import ack_topic, cmd_topic, parse_unit_topic
 from edge_app.station.store import RangerStore, StoredEvent
-from edge_app.trap.uplink.mqtt import new_properties
 
 logger = logging.getLogger(__name__)
 
@@ -786,7 +786,7 @@ def run_alerts(
         0 after a stop, 2 if ``broker`` is not ``HOST:PORT`` or the password file is unusable.
     """
     from edge_app.core.errors import ConfigError
-    from edge_app.trap.uplink.mqtt import read_password_file
+    from edge_app.core.mqtt_common import read_password_file
 
     opts = options or AlertsOptions()
     try:

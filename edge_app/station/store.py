@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.core.errors import StorageError
-from edge_app.trap.store.media import atomic_write
+from edge_app.core.files import atomic_write
 
 DB_NAME = "ranger.db"
 

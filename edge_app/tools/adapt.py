@@ -26,13 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_app.tools.adapt_options import MIN_EXAMPLES, TARGET_RECALL
+
 log = logging.getLogger(__name__)
 
 
-TARGET_RECALL = 0.95
-MIN_EXAMPLES = 5
-"""Defaults of the options, here so that building the ``camtrap`` parser does not import
-numpy (``site_head`` takes its own defaults from these)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,17 +90,17 @@ def main(args: argparse.Namespace) -> int:
 
     from edge_app.core import config
     from edge_app.core.errors import ImageError
-    from edge_app.trap.detect.pipeline import resolve_models_dir
-    from edge_app.trap.detect.site_head import (
+    from edge_app.tools.head_training import (
         LabelError,
         TrainingSet,
         check_counts,
         image_digest,
         read_label_csv,
-        save_head,
         source_of,
         train_head,
     )
+    from edge_app.trap.detect.pipeline import resolve_models_dir
+    from edge_app.trap.detect.site_head import save_head
 
     def fail(msg: str) -> int:
         print(f"models adapt: {msg}", file=sys.stderr)
@@ -199,7 +197,7 @@ def write_card(head: Any, out: Path, sources: list[str]) -> Path:
     from collections import Counter
 
     from edge_app import __version__
-    from edge_app.trap.store.media import atomic_write
+    from edge_app.core.files import atomic_write
 
     t = head.meta["training"]
     cv = t["cv"]

@@ -181,7 +181,7 @@ def read_labels(path: Path) -> dict[str, Truth]:
 def _source(column: str, name: str) -> str:
     """A row's source: the ``source`` column's first word without its owner (``owner/repo:
     path`` → ``repo``), else the file's top folder, else ``-``."""
-    from edge_app.trap.detect.site_head import LabelRow, source_of
+    from edge_app.tools.head_training import LabelRow, source_of
 
     return source_of(LabelRow(name, "", column.strip()))
 
@@ -375,7 +375,7 @@ def main(args: argparse.Namespace) -> int:
 def head_info(head: Any, folder: Path, files: list[str]) -> dict[str, Any]:
     """What ``eval --head`` reports about the head, and how many of the evaluated images it
     was trained on (by sha256 prefix): those figures are training figures, not held out."""
-    from edge_app.trap.detect.site_head import image_digest
+    from edge_app.tools.head_training import image_digest
 
     trained = set(head.meta.get("training", {}).get("images_sha256_16", ()))
     here = sum(image_digest((folder / f).read_bytes()) in trained for f in files)
@@ -408,7 +408,7 @@ def loso(results: list[tuple[str, Truth, Any]], policy: Any, embedding: dict[str
 
     import numpy as np
 
-    from edge_app.trap.detect.site_head import (
+    from edge_app.tools.head_training import (
         DEFAULT_MIN_EXAMPLES,
         DEFAULT_TARGET_RECALL,
         LabelError,

@@ -121,7 +121,7 @@ class LabelStore:
             raise KeyError(file)
         if label not in LABELS:
             raise ValueError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
-        from edge_app.trap.store.media import atomic_write
+        from edge_app.core.files import atomic_write
 
         with self._lock:
             old = self.rows.get(file)

@@ -95,7 +95,8 @@ def verify_card(card: Any, models_dir: Path) -> str:
 
     from edge_app.core.errors import ModelError
     from edge_app.trap.detect.cards import verify_model_file
-    from edge_app.trap.detect.pipeline import DETECTOR_HEADS, _check_classifier, load_model
+    from edge_app.trap.detect.loader import load_model
+    from edge_app.trap.detect.pipeline import DETECTOR_HEADS, _check_classifier
 
     verify_model_file(card, models_dir)  # first: a wrong file must not even be loaded
     m = load_model(card.name, models_dir, 1, card.task)

@@ -29,12 +29,11 @@ from edge_app.core.clock import Clock, SystemClock
 from edge_app.core.config import Config
 from edge_app.core.errors import StorageError
 from edge_app.core.events import Burst, FrameResult, TriggerEvent, Verdict
-from edge_app.sim.world import SimWorld
 from edge_app.trap.capture import capture_burst
 from edge_app.trap.detect.background import BackgroundMemory
 from edge_app.trap.detect.pipeline import Pipeline, resolve_models_dir
 from edge_app.trap.detect.policy import decide
-from edge_app.trap.hardware.camera import make_camera
+from edge_app.trap.hardware.factory import make_camera, make_sim_world
 from edge_app.trap.hardware.trigger import PirTrigger, make_pin_factory
 from edge_app.trap.store.pipeline import EventStore
 from edge_app.trap.store.retention import Housekeeper
@@ -43,6 +42,7 @@ from edge_app.trap.uplink.commands import load_settings_from_db
 from edge_app.trap.uplink.mqtt import MqttLink
 
 if TYPE_CHECKING:
+    from edge_app.sim.world import SimWorld
     from edge_app.trap.uplink.router import LoraRouter
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class App:
         self.trigger = PirTrigger(cfg.trigger, self.clock, self._on_trigger, self.pin_factory)
         self.world: SimWorld | None = None
         if cfg.hardware.backend == "sim":
-            self.world = SimWorld(self.pin_factory, cfg.trigger.pin, self.camera, self.clock)
+            self.world = make_sim_world(self.pin_factory, cfg.trigger.pin, self.camera, self.clock)
         self.supervisor = Supervisor(self.clock)
         self.supervisor.add("housekeeping", Housekeeper(cfg, self.clock).run)
         if self.link is not None:

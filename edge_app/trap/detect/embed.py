@@ -51,7 +51,7 @@ class Embedder:
             ModelError: missing or altered file, not an embedding card, or a model whose
                 output does not hold the card's ``dims`` values.
         """
-        from edge_app.trap.detect.pipeline import load_model
+        from edge_app.trap.detect.loader import load_model
 
         m = load_model(name, models_dir, num_threads, "embedding")
         dims = int(m.card.output.params["dims"])

@@ -18,7 +18,6 @@ import hashlib
 import io
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +26,10 @@ from typing import Any, Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edge_app.core.errors import ImageError
+from edge_app.core.files import TEMP_PREFIX, atomic_write
 
 logger = logging.getLogger(__name__)
 
-TEMP_PREFIX = ".tmp-"
 MEDIA_DIR = "media"
 
 MediaKind = Literal["image", "thumb"]
@@ -64,63 +63,6 @@ def media_paths(root: str | os.PathLike[str], event_id: str, wall: float) -> tup
     day = datetime.fromtimestamp(wall, tz=UTC)
     d = Path(root) / MEDIA_DIR / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}"
     return d / f"{event_id}.jpg", d / f"{event_id}_thumb.jpg"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def ensure_dir(path: Path) -> None:
-    """Create ``path`` and its missing parents durably.
-
-    A new directory is only durable once the directory holding its entry is fsynced, so each
-    parent of a newly created level is fsynced too (once a day at most, so it costs nothing).
-    """
-    missing: list[Path] = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue
-        _fsync_dir(d.parent)
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a power cut leaves the old file or the new one.
-
-    Args:
-        path: final file name; its directory is created if needed.
-        data: the whole content.
-
-    Raises:
-        OSError: the card is full, read-only or gone; no temp file is left behind.
-    """
-    final = Path(path)
-    ensure_dir(final.parent)
-    tmp = final.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{final.name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
 
 
 def store_file(

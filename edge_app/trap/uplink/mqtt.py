@@ -79,6 +79,7 @@ from edge_app import __version__
 from edge_app.core.clock import Clock, SystemClock, rfc3339
 from edge_app.core.config import Config
 from edge_app.core.errors import ConfigError
+from edge_app.core.mqtt_common import new_properties, read_password_file
 from edge_app.core.topics import (
     ack_topic,
     cmd_result_topic,
@@ -193,45 +194,9 @@ class LinkStats:
     stats_published: int = 0
 
 
-def new_properties(packet_type: int) -> Properties:
-    """MQTT 5 properties for a packet type (paho's constructor is untyped)."""
-    props: Properties = Properties(packet_type)  # type: ignore[no-untyped-call]
-    return props
-
-
 def _status_payload(state: str, clock: Clock) -> bytes:
     body = {"state": state, "ts": rfc3339(clock.wall()), "version": __version__}
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-def read_password_file(key: str, path: str) -> str:
-    """The password in ``path`` (first line), refusing a file other users could read.
-
-    Args:
-        key: the config key naming the file, for the error.
-        path: the file.
-
-    Raises:
-        ConfigError: missing, unreadable, empty, or with any group/other permission bit
-            (mode must be 0600 or stricter).
-    """
-    p = Path(path)
-    try:
-        st = p.stat()
-    except OSError as e:
-        raise ConfigError(key, f"cannot read {p}: {e.strerror}") from e
-    mode = st.st_mode & 0o777
-    if mode & 0o077:
-        raise ConfigError(key, f"{p} has mode {mode:04o}: other users could read the password;"
-                          f" run chmod 600 {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(key, f"cannot read {p}: {e}") from e
-    password = text.splitlines()[0] if text else ""
-    if not password:
-        raise ConfigError(key, f"{p} is empty")
-    return password
 
 
 def check_credentials(cfg: Config) -> str | None:

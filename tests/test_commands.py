@@ -12,24 +12,26 @@ from store_support import burst_and_verdict, make_cfg
 
 from edge_app.core.clock import SystemClock
 from edge_app.core.config import Config
+from edge_app.trap.settings import Settings
 from edge_app.trap.store.outbox import State
 from edge_app.trap.store.pipeline import EventStore
-from edge_app.trap.uplink.commands import Commands, load_settings, load_settings_from_db
+from edge_app.trap.uplink.commands import Commands
 
 
 class Trap:
     """A store with events, and a Commands whose applied configs are recorded."""
 
     def __init__(self, root: Path) -> None:
-        self.cfg = make_cfg(root)
-        self.store = EventStore(self.cfg)
+        self.store = EventStore(make_cfg(root))
         self.store.open()
+        self.settings = Settings(make_cfg(root), SystemClock())
         self.applied: list[Config] = []
-        self.commands = Commands(lambda: self.cfg, self._apply, SystemClock())
+        self.settings.subscribe(self.applied.append)
+        self.commands = Commands(self.settings, SystemClock())
 
-    def _apply(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.applied.append(cfg)
+    @property
+    def cfg(self) -> Config:
+        return self.settings.config
 
     def run(self, name: str, body: Any) -> dict[str, Any]:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -54,7 +56,7 @@ def test_config_set_validates_applies_and_survives_a_restart(trap: Trap) -> None
     # A restart reads the TOML again, then the stored settings on top of it.
     fresh = make_cfg(trap.store.root)
     assert fresh.camera.burst_frames == 3
-    again = load_settings_from_db(fresh)
+    again = Settings(fresh, SystemClock()).load()
     assert again.camera.burst_frames == 5
     assert again.mqtt.stats_interval_s == 60.0
 
@@ -154,7 +156,8 @@ def test_a_stored_setting_that_became_invalid_is_skipped(trap: Trap) -> None:
     conn.execute("INSERT INTO settings (key, value, updated) VALUES "
                  "('camera.burst_frames', '99', 0), ('storage.root', '\"/x\"', 0), "
                  "('policy.empty_below', '0.2', 0)")
-    cfg = load_settings(make_cfg(trap.store.root), conn)
+    conn.commit()
+    cfg = Settings(make_cfg(trap.store.root), SystemClock()).load()
     assert cfg.camera.burst_frames == 3  # 99 is out of range: the file's value stays
     assert cfg.storage.root == str(trap.store.root)  # never settable remotely
     assert cfg.policy.empty_below == 0.2

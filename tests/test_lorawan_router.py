@@ -30,6 +30,7 @@ from edge_app.core import lora_codec as codec
 from edge_app.core.clock import FakeClock
 from edge_app.sim.modems import Faults, PtyModem, Rui3Modem, WioE5Modem
 from edge_app.sim.netserver import NetworkServer
+from edge_app.trap.settings import Settings
 from edge_app.trap.store.db import db_path, open_db
 from edge_app.trap.uplink.airtime import join_airtime_s, uplink_airtime_s
 from edge_app.trap.uplink.router import LoraRouter
@@ -295,7 +296,13 @@ def test_downlink_commands_are_applied_and_the_threshold_persists(
 ) -> None:
     cfg = lora_cfg(tmp_path, status_every_h=0)
     applied: list[dict[str, Any]] = []
-    with rui3(ns, clock) as emu, make_router(cfg, emu, clock, on_settings=applied.append,
+    settings = Settings(cfg, clock)
+
+    def on_settings(values: dict[str, Any]) -> None:
+        applied.append(values)
+        settings.apply(values, "lorawan")
+
+    with rui3(ns, clock) as emu, make_router(cfg, emu, clock, on_settings=on_settings,
                                              status_source=codec.Status) as router:
         for cmd in ({"command": "set_threshold", "target": "species", "threshold": 0.42},
                     {"command": "request_status"}):

@@ -35,10 +35,10 @@ from edge_app.trap.detect.pipeline import Pipeline, resolve_models_dir
 from edge_app.trap.detect.policy import decide
 from edge_app.trap.hardware.factory import make_camera, make_sim_world
 from edge_app.trap.hardware.trigger import PirTrigger, make_pin_factory
+from edge_app.trap.settings import Settings
 from edge_app.trap.store.pipeline import EventStore
 from edge_app.trap.store.retention import Housekeeper
 from edge_app.trap.supervisor import StageQueue, Supervisor, sd_notify
-from edge_app.trap.uplink.commands import load_settings_from_db
 from edge_app.trap.uplink.mqtt import MqttLink
 
 if TYPE_CHECKING:
@@ -99,8 +99,9 @@ class App:
         self.clock: Clock = clock or SystemClock()
         self.counters = Counters()
         Path(cfg.storage.root).mkdir(parents=True, exist_ok=True)
-        # Settings changed remotely (config/set) in an earlier run apply over the TOML file.
-        cfg = load_settings_from_db(cfg)
+        # One owner of the settings: the file plus what was changed remotely in earlier runs.
+        self.settings = Settings(cfg, self.clock)
+        cfg = self.settings.load()
         self.cfg = cfg
         # Load the models first: a wrong or missing file must stop start-up, not a thread.
         self.pipeline = Pipeline(cfg.detector, models_dir, embed=cfg.background.enabled)
@@ -119,7 +120,7 @@ class App:
         self.store = EventStore(cfg, self.clock)
         self.link = (
             MqttLink(cfg, self.store.db_path, self.clock, stats_source=self.stats_extra,
-                     on_config=self.apply_config)
+                     settings=self.settings)
             if cfg.mqtt.enabled else None
         )
         # LoRaWAN alerts (issue 5): its own stage, fed from the catalogue; see uplink/router.py.
@@ -128,6 +129,7 @@ class App:
         self.bursts: StageQueue[Burst] = StageQueue("bursts", 4)
         self.decided: StageQueue[tuple[Burst, Verdict]] = StageQueue(
             "decided", 16, drain_on_stop=True)
+        self.settings.subscribe(self.apply_config)
         self.trigger = PirTrigger(cfg.trigger, self.clock, self._on_trigger, self.pin_factory)
         self.world: SimWorld | None = None
         if cfg.hardware.backend == "sim":
@@ -319,7 +321,8 @@ class App:
         return self.store.outbox_depth()
 
     def apply_config(self, cfg: Config) -> None:
-        """A remote ``config/set`` was accepted (uplink thread): the next trigger uses it.
+        """A remote settings change was accepted (by the settings service, on the changer's
+        thread: uplink or LoRa): the next trigger uses it.
 
         Stages read ``self.cfg`` (and the pipeline its ``cfg``) once per trigger, so swapping
         the frozen objects is enough; nothing is half-applied within one burst.
@@ -334,7 +337,6 @@ class App:
         import shutil
 
         from edge_app.core import lora_codec as codec
-        from edge_app.trap.uplink.commands import with_settings
         from edge_app.trap.uplink.mqtt import LinkState
         from edge_app.trap.uplink.router import LoraRouter
 
@@ -352,7 +354,7 @@ class App:
             self.cfg, self.store.db_path, self.clock,
             mqtt_connected=None if link is None else lambda: link.state is LinkState.CONNECTED,
             status_source=status,
-            on_settings=lambda values: self.apply_config(with_settings(self.cfg, values)))
+            on_settings=lambda values: self.settings.apply(values, "lorawan"))
 
     def stats_extra(self) -> dict[str, Any]:
         """The daemon's part of the stats message (uplink thread): counters, last 24 h, models."""

@@ -21,129 +21,73 @@ command            body                                                   effect
                    ``{"from_seq": 10, "to_seq": 20}``                      queued again
 =================  =====================================================  ====================
 
-Only the keys in :data:`ALLOWED_KEYS` can be set remotely: thresholds, the burst and the stats
-interval are what a ranger tunes from the office; where the trap stores its data, which broker
-it trusts and its credentials are not, because a wrong value there cannot be undone remotely.
-Settings are stored in the trap's database (not written into the TOML file, which belongs to
-the technician) and logged at start-up, so a remote change survives a reboot visibly.
+``config/set`` goes through the settings service (:mod:`edge_app.trap.settings`), the one
+owner of the trap's settings: the same allow-list, the same validation as the file, persisted
+once, applied to every stage. A payload passes the guarded door first (:mod:`edge_app.core.guard`:
+size, nesting depth, non-finite numbers); a refused one is counted and answered with
+``ok: false``, never raised into the uplink loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_app.core import config
 from edge_app.core.clock import Clock
-from edge_app.core.config import Config
 from edge_app.core.errors import ConfigError, StorageError
+from edge_app.core.guard import Limits, Refusals, Refused, parse_object
 from edge_app.core.topics import media_topic
-from edge_app.trap.store.db import db_path, open_db, transaction
+from edge_app.trap.settings import Settings
 from edge_app.trap.store.outbox import Kind, Outbox
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_KEYS: tuple[str, ...] = (
-    "detector.score_threshold",
-    "detector.species_threshold",
-    "detector.whole_frame_species_threshold",
-    "policy.empty_below",
-    "camera.burst_frames",
-    "camera.burst_interval_s",
-    "mqtt.stats_interval_s",
-    "mqtt.send_images",
-)
 COMMANDS: tuple[str, ...] = ("config/set", "media/request", "resend")
 MAX_ID_LEN = 128
 MAX_RESEND = 1000
 MAX_CHUNKS = 100_000
 _REMEMBER = 256
+LIMITS = Limits(max_bytes=64 * 1024, max_depth=8, max_nodes=MAX_CHUNKS + 64)
+"""A command is a few hundred bytes; the largest legitimate one is a media/request listing
+many chunk indices."""
 
 
 class CommandError(ValueError):
     """A command that cannot be run as given; its message goes into the error result."""
 
 
-def with_settings(cfg: Config, settings: dict[str, Any]) -> Config:
-    """``cfg`` with dotted keys replaced, validated like a config file.
-
-    Raises:
-        ConfigError: a value is invalid (the error names the key).
-    """
-    data = dataclasses.asdict(cfg)
-    for key, value in settings.items():
-        section, _, name = key.partition(".")
-        data[section][name] = value
-    return config.parse(data)
-
-
-def load_settings(cfg: Config, conn: sqlite3.Connection) -> Config:
-    """Apply the settings stored by earlier ``config/set`` commands to a freshly loaded config.
-
-    A stored value that is no longer valid (the key left the allow-list, or the schema changed
-    in an update) is skipped with a warning rather than stopping the trap.
-    """
-    rows = conn.execute("SELECT key, value FROM settings ORDER BY key").fetchall()
-    out = cfg
-    for r in rows:
-        key, value = str(r[0]), json.loads(r[1])
-        if key not in ALLOWED_KEYS:
-            logger.warning("stored remote setting %s ignored: not settable remotely", key)
-            continue
-        try:
-            out = with_settings(out, {key: value})
-        except ConfigError as e:
-            logger.warning("stored remote setting %s = %r ignored: %s", key, value, e.reason)
-            continue
-        logger.info("remote setting %s = %r (from an earlier config/set)", key, value)
-    return out
-
-
-def load_settings_from_db(cfg: Config) -> Config:
-    """:func:`load_settings` on the trap database under ``storage.root`` (created if new)."""
-    try:
-        conn = open_db(db_path(cfg.storage.root))
-    except StorageError as e:
-        logger.error("remote settings not applied: %s", e)
-        return cfg
-    try:
-        return load_settings(cfg, conn)
-    finally:
-        conn.close()
-
-
 class Commands:
     """Runs commands on the uplink thread, against the uplink's own database connection.
 
     Args:
-        get_cfg: the current configuration.
-        apply_cfg: installs a new configuration (the daemon applies it to every stage).
-        clock: wall time for stored settings and queued rows.
+        settings: the settings service (``config/set`` changes go through it).
+        clock: wall time for queued rows.
+        refusals: where refused payloads are counted (the link's stats show them).
     """
 
-    def __init__(
-        self, get_cfg: Callable[[], Config], apply_cfg: Callable[[Config], None], clock: Clock
-    ) -> None:
-        self._get_cfg = get_cfg
-        self._apply_cfg = apply_cfg
+    def __init__(self, settings: Settings, clock: Clock,
+                 refusals: Refusals | None = None) -> None:
+        self._settings = settings
         self._clock = clock
+        self.refusals = refusals if refusals is not None else Refusals("mqtt commands", clock)
         self._done: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 
     def handle(self, name: str, payload: bytes, conn: sqlite3.Connection) -> dict[str, Any]:
-        """Run one command; returns its result object (always has ``id`` and ``ok``)."""
+        """Run one command; returns its result object (always has ``id`` and ``ok``).
+
+        Never raises for anything in ``payload``: a refused payload is counted and answered.
+        """
         try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, ValueError):
-            return _error(None, "payload is not JSON")
-        if not isinstance(body, dict):
-            return _error(None, "payload is not a JSON object")
+            body = parse_object(payload, LIMITS)
+        except Refused as r:
+            self.refusals.count(r, f"cmd/{name[:40]}")
+            what = {"not_json": "payload is not JSON", "bad_type": "payload is not a JSON object"}
+            return {**_error(None, what.get(r.kind, f"payload refused: {r.kind}")),
+                    "refused": r.kind, "reason": r.reason}
         cmd_id = body.get("id")
         if not isinstance(cmd_id, str) or not cmd_id or len(cmd_id) > MAX_ID_LEN:
             return _error(None, f"'id' must be a non-empty string of at most {MAX_ID_LEN} "
@@ -163,7 +107,7 @@ class Commands:
                 result.update(self._resend(body, conn))
         except CommandError as e:
             result = _error(cmd_id, str(e))
-        except sqlite3.Error as e:
+        except (sqlite3.Error, StorageError) as e:
             logger.error("command %s %s: database error: %s", name, cmd_id, e)
             result = _error(cmd_id, f"storage error: {e}")
         self._done[(name, cmd_id)] = result
@@ -181,24 +125,10 @@ class Commands:
         values = body.get("values")
         if not isinstance(values, dict) or not values:
             raise CommandError("'values' must be a non-empty object of dotted keys")
-        for key in values:
-            if key not in ALLOWED_KEYS:
-                raise CommandError(f"{key!r} cannot be set remotely (allowed: "
-                                   f"{', '.join(ALLOWED_KEYS)})")
         try:
-            new = with_settings(self._get_cfg(), values)
+            self._settings.apply(values, "config/set")
         except ConfigError as e:
             raise CommandError(str(e)) from e
-        now = self._clock.wall()
-        with transaction(conn):
-            for key, value in values.items():
-                conn.execute(
-                    "INSERT INTO settings (key, value, updated, source) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-                    "updated = excluded.updated, source = excluded.source",
-                    (key, json.dumps(value), now, "config/set"),
-                )
-        self._apply_cfg(new)
         return {"applied": values}
 
     def _media_request(self, body: dict[str, Any], conn: sqlite3.Connection) -> dict[str, Any]:
@@ -225,7 +155,7 @@ class Commands:
         if r is None:
             raise CommandError(f"no event {event_id!r} on this unit")
         rel = r[0]
-        cfg = self._get_cfg()
+        cfg = self._settings.config
         path = Path(cfg.storage.root) / rel if rel else None
         if path is None or not path.is_file():
             raise CommandError(f"{media_id} is not on the card (pruned or never written)")
@@ -242,7 +172,7 @@ class Commands:
 
     def _resend(self, body: dict[str, Any], conn: sqlite3.Connection) -> dict[str, Any]:
         _only(body, {"id", "events", "from_seq", "to_seq"})
-        cfg = self._get_cfg()
+        cfg = self._settings.config
         events = body.get("events")
         lo, hi = body.get("from_seq"), body.get("to_seq")
         if events is not None:

@@ -87,6 +87,7 @@ from edge_app.core.topics import (
     stats_topic,
     status_topic,
 )
+from edge_app.trap.settings import Settings
 from edge_app.trap.store.db import open_db, transaction
 from edge_app.trap.store.outbox import PRIORITY, RECEIPT_KINDS, Kind, Outbox, OutboxRow
 from edge_app.trap.store.retention import DiskGuard
@@ -265,8 +266,8 @@ class MqttLink:
         rng: random source of the retry jitter.
         chunk_bytes: media chunk size (default ``mqtt.chunk_bytes``).
         stats_source: extra fields for the stats message (the daemon's counters, models).
-        on_config: called on the uplink thread with the new configuration after a
-            ``config/set`` command was validated and stored.
+        on_config: called with the new configuration after any accepted settings change.
+        settings: the trap's settings service (default: one of its own over ``db``).
 
     Raises:
         ConfigError: TLS is on and a CA/cert/key file named in the config does not exist, or
@@ -283,8 +284,10 @@ class MqttLink:
         chunk_bytes: int | None = None,
         stats_source: Callable[[], dict[str, Any]] | None = None,
         on_config: Callable[[Config], None] | None = None,
+        settings: Settings | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.cfg = cfg if settings is None else settings.config
+        cfg = self.cfg
         self.db_path = Path(db)
         self.clock: Clock = clock or SystemClock()
         self._rng = rng
@@ -296,7 +299,12 @@ class MqttLink:
         self._stats_source = stats_source
         self._on_config = on_config
         self._guard = DiskGuard.from_config(cfg)
-        self._commands = Commands(lambda: self.cfg, self._apply_cfg, self.clock)
+        # The settings service owns the config; the link follows its changes (a standalone
+        # link, as in tests, gets its own service over the same database).
+        self.settings = settings if settings is not None else Settings(cfg, self.clock,
+                                                                       self.db_path)
+        self.settings.subscribe(self._apply_cfg)
+        self._commands = Commands(self.settings, self.clock)
         self._events: queue.Queue[_Event] = queue.Queue()
         self._wake_pending = threading.Event()
         self._lock = threading.Lock()  # guards _stats for readers on other threads

@@ -51,7 +51,7 @@ from typing import Any
 from edge_app.core import lora_codec as codec
 from edge_app.core.clock import Clock, SystemClock
 from edge_app.core.config import Config
-from edge_app.core.errors import ConfigError
+from edge_app.core.errors import ConfigError, StorageError
 from edge_app.trap.store.db import open_db
 from edge_app.trap.uplink.airtime import (
     DutyCycleLedger,
@@ -108,8 +108,8 @@ _SCHEMA = (
 
 ModemFactory = Callable[[Callable[[], None]], LoRaModem]
 #: Applies remote settings (dotted key → value) to the running trap; raises ConfigError if
-#: they are invalid. The daemon's is ``App.apply_config`` over ``with_settings``.
-SettingsHook = Callable[[dict[str, Any]], None]
+#: they are invalid. The daemon's is ``Settings.apply(values, "lorawan")``, which persists them.
+SettingsHook = Callable[[dict[str, Any]], object]
 THRESHOLD_KEYS = {"detector": "detector.score_threshold",
                   "species": "detector.species_threshold"}
 
@@ -781,24 +781,15 @@ class LoraRouter:
             self._set_threshold(THRESHOLD_KEYS[str(data["target"])], float(data["threshold"]))
 
     def _set_threshold(self, key: str, value: float) -> None:
-        """Apply and persist a threshold, exactly like an MQTT ``config/set`` of ``key``."""
+        """Hand a threshold to the settings service, exactly like an MQTT ``config/set``:
+        it validates, persists (source ``lorawan``) and applies it to every stage."""
         if self._on_settings is None:
             logger.warning("LoRa: %s = %s not applied: no settings hook", key, value)
             return
         try:
             self._on_settings({key: value})
-        except ConfigError as e:
+        except (ConfigError, StorageError) as e:
             logger.warning("LoRa: %s = %s refused: %s", key, value, e)
-            return
-        assert self._conn is not None
-        try:
-            self._conn.execute(
-                "INSERT INTO settings (key, value, updated, source) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-                "updated = excluded.updated, source = excluded.source",
-                (key, json.dumps(value), self.clock.wall(), "lorawan"))
-        except sqlite3.Error as e:  # applied now, but it will not survive a restart
-            logger.error("LoRa: %s = %s applied but not stored: %s", key, value, e)
 
     # -- meta ---------------------------------------------------------------------------
 

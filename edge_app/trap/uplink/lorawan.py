@@ -44,6 +44,7 @@ from pathlib import Path
 import serial
 
 from edge_app.core.errors import ConfigError
+from edge_app.core.guard import Refused, finite_number
 
 try:
     import termios
@@ -151,6 +152,42 @@ class Downlink:
     payload: bytes
     rssi: float | None = None
     snr: float | None = None
+
+
+MAX_DOWNLINK_BYTES = 242
+"""The largest LoRaWAN application payload in any region (DR with the longest frames)."""
+
+
+def parse_downlink(port: str, hex_payload: str, rssi: str | None = None,
+                   snr: str | None = None) -> Downlink:
+    """A downlink from the fields of a modem line, checked like any input from outside.
+
+    The modem is ours, but its line is the radio's: a corrupted or spoofed frame must not
+    become an odd-length hex string, port 0 or a NaN signal figure deeper in the router.
+
+    Raises:
+        Refused: ``bad_port``, ``bad_payload`` or ``non_finite`` (the caller counts it).
+    """
+    if not port.isdigit() or not 1 <= int(port) <= 223:
+        raise Refused("bad_port", f"fPort {port[:8]!r} is not an application port (1-223)")
+    text = hex_payload.replace(" ", "")
+    if len(text) > 2 * MAX_DOWNLINK_BYTES or len(text) % 2:
+        raise Refused("bad_payload", f"{len(text)} hex digits")
+    try:
+        payload = bytes.fromhex(text)
+    except ValueError:
+        raise Refused("bad_payload", "not hex") from None
+    figures: list[float | None] = []
+    for name, value in (("rssi", rssi), ("snr", snr)):
+        if value is None:
+            figures.append(None)
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise Refused("bad_type", f"{name} {value[:8]!r} is not a number") from None
+        figures.append(finite_number(number, name))
+    return Downlink(int(port), payload, figures[0], figures[1])
 
 
 @dataclass
@@ -542,13 +579,12 @@ class Rak3172(LoRaModem):
         # +EVT:RX_1:-46:10:UNICAST:111:48454c4c4f0a
         parts = line[5:].strip().split(":")
         try:
-            rssi, snr, port = float(parts[1]), float(parts[2]), int(parts[4])
-            payload = bytes.fromhex(parts[5]) if len(parts) > 5 else b""
-        except (IndexError, ValueError):
+            return parse_downlink(parts[4], parts[5] if len(parts) > 5 else "", parts[1],
+                                  parts[2])
+        except (IndexError, Refused):
             self.stats.unexpected += 1
             logger.warning("LoRa modem: unreadable downlink event %r", redact(line))
             return None
-        return Downlink(port, payload, rssi, snr)
 
     def _consume(self, line: str) -> str:
         """Handle one line outside a command's own replies; returns its class."""
@@ -882,8 +918,11 @@ class WioE5(LoRaModem):
             elif t == "Done":
                 done = True
             elif (m := _E5_RX.search(t)) is not None:
-                downlinks.append(Downlink(int(m.group(1)),
-                                          bytes.fromhex(m.group(2).replace(" ", ""))))
+                try:
+                    downlinks.append(parse_downlink(m.group(1), m.group(2)))
+                except Refused:
+                    self.stats.unexpected += 1
+                    logger.warning("LoRa modem: unreadable downlink %r", redact(t))
             elif (m := _E5_RSSI.search(t)) is not None:
                 rssi, snr = float(m.group(1)), float(m.group(2))
         downlinks = [Downlink(d.port, d.payload, rssi, snr) for d in downlinks if d.payload]

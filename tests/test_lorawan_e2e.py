@@ -142,8 +142,10 @@ class AlertsProcess:
 
 
 @pytest.fixture
-def alerts_process(broker: Broker) -> Iterator[AlertsProcess]:
-    proc = AlertsProcess(broker)
+def alerts_process(broker: Broker, tmp_path: Path) -> Iterator[AlertsProcess]:
+    devices = tmp_path / "devices.toml"  # the fleet: only listed DevEUIs are shown as units
+    devices.write_text(f'"{KEYS.dev_eui}" = "{UNIT}"\n"FFFFFFFFFFFFFFFF" = "PROBE"\n')
+    proc = AlertsProcess(broker, devices)
     try:
         proc.wait_listening(broker)
         yield proc

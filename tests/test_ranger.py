@@ -11,7 +11,8 @@ import pytest
 from conftest import Broker
 from store_support import burst_and_verdict, make_cfg, wait_for
 
-from edge_app.station.receiver import Receiver, format_alert, parse_broker, run_alerts
+from edge_app.station.alerts import AlertsOptions, run_alerts
+from edge_app.station.receiver import Receiver, format_alert, parse_broker
 from edge_app.trap.store.pipeline import EventStore
 from edge_app.trap.uplink.mqtt import MqttLink
 
@@ -101,8 +102,6 @@ def test_camtrap_alerts_prints_one_line_per_alert(
 def test_alerts_password_file_must_be_private(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edge_app.station.receiver import AlertsOptions
-
     pw = tmp_path / "pw"
     pw.write_text("x\n")
     pw.chmod(0o644)

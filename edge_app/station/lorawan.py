@@ -12,23 +12,27 @@ the trap's unit id, and hands the receiver an event shaped like the MQTT event J
 ``format_alert`` and ``--json`` treat both paths alike. The receiver then shows each alert once:
 a LoRa alert and the later MQTT event of the same unit and seq are the same alert.
 
-Unit of a device: the ``--lorawan-devices`` file (``DEVEUI = "LL-042"``), else the device name
-the operator gave it on the network server (ChirpStack ``deviceName``, TTN ``device_id``).
+**Only the fleet's devices count.** The unit of an uplink is the one the ``--lorawan-devices``
+file gives its DevEUI, nothing else. An uplink from any other DevEUI is counted per DevEUI
+(:attr:`LorawanStats.unknown_devices`), reported once as unknown, and never turned into an
+alert: the device *name* is whatever someone typed on the network server, and trusting it would
+let any device registered there speak as a unit. The ChirpStack DevEUI is the topic's (the
+network server's own), and a body that names another is refused.
 
 Sequence numbers: an alert carries the low 16 bits of the trap's ``seq``. The full number is
 rebuilt from the last one seen for the unit (the nearest value with those low bits), which is
 exact until a unit's counter passes 65 536 with nobody listening; deduplication against MQTT
 uses the low 16 bits only, so it is exact regardless.
 
-Bad input (not JSON, missing fields, bad base64, a payload the codec refuses) is logged,
-counted and skipped; nothing here raises into the receiver.
+Every uplink passes the guarded door (:mod:`edge_app.core.guard`: size, depth, no NaN) and
+field checks; a refusal is counted per kind (:attr:`LorawanDecoder.refusals`, and the counters
+of :class:`LorawanStats`) and logged with a throttle; nothing here raises into the receiver.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import os
 import tomllib
@@ -38,29 +42,56 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.core import lora_codec as codec
-from edge_app.core.clock import rfc3339
+from edge_app.core.clock import Clock, rfc3339
 from edge_app.core.errors import ConfigError
+from edge_app.core.guard import Limits, Refusals, Refused, parse_object
+from edge_app.core.guard import field as get_field
 
 logger = logging.getLogger(__name__)
 
 CHIRPSTACK_UP = "application/+/device/+/event/up"
 TTN_UP = "v3/+/devices/+/up"
+UPLINK_LIMITS = Limits(max_bytes=64 * 1024)
+"""A network server's uplink message: a few KiB (more with many gateways)."""
+MAX_UNKNOWN = 1000
+"""Distinct unknown DevEUIs counted one by one; beyond that they are counted together."""
+OTHERS = "others"
 
 Decoder = Callable[[str, bytes], dict[str, Any] | None]
 
 
 @dataclass
 class LorawanStats:
-    """Counters of the LoRaWAN decoder."""
+    """Counters of the LoRaWAN decoder.
+
+    Attributes:
+        uplinks: uplink messages received.
+        alerts: alerts decoded (from the fleet's devices).
+        status: status frames decoded.
+        malformed: messages refused at the door (kinds in ``LorawanDecoder.refusals``).
+        codec_errors: frames on our ports that our codec refused.
+        other_ports: frames on other fPorts (not ours; ignored).
+        unknown: uplinks from devices not in the fleet's device list.
+        unknown_devices: DevEUI → uplinks, for those (at most :data:`MAX_UNKNOWN` DevEUIs,
+            the rest under ``"others"``).
+        last_status: unit → its last decoded status.
+    """
 
     uplinks: int = 0
     alerts: int = 0
     status: int = 0
-    malformed: int = 0  # not an uplink message we can read
-    codec_errors: int = 0  # the payload did not decode
+    malformed: int = 0
+    codec_errors: int = 0
     other_ports: int = 0
-    by_name: int = 0  # unit taken from the device name (no DevEUI mapping)
+    unknown: int = 0
+    unknown_devices: dict[str, int] = field(default_factory=dict)
     last_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _eui(text: str) -> str | None:
+    """A DevEUI in canonical form (16 upper-case hex digits; ``:`` / ``-`` removed), or None."""
+    key = text.replace(":", "").replace("-", "").upper()
+    return key if len(key) == 16 and all(c in "0123456789ABCDEF" for c in key) else None
 
 
 def load_devices(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -80,8 +111,8 @@ def load_devices(path: str | os.PathLike[str]) -> dict[str, str]:
         raise ConfigError("--lorawan-devices", f"{p}: [devices] must be a table")
     out: dict[str, str] = {}
     for eui, unit in table.items():
-        key = str(eui).replace(":", "").replace("-", "").upper()
-        if len(key) != 16 or not all(c in "0123456789ABCDEF" for c in key):
+        key = _eui(str(eui))
+        if key is None:
             raise ConfigError(f"--lorawan-devices:{eui}", f"{p}: not a 16-hex-digit DevEUI")
         if not isinstance(unit, str) or not unit:
             raise ConfigError(f"--lorawan-devices:{eui}", f"{p}: the unit must be a string")
@@ -93,18 +124,20 @@ class LorawanDecoder:
     """Turns network-server uplink messages into alert events (see the module docstring).
 
     Args:
-        devices: DevEUI (upper-case hex) → unit id.
+        devices: the fleet: DevEUI (hex, any case, ``:`` / ``-`` allowed) → unit id.
         chirpstack: subscribe to ChirpStack v4 uplinks.
         ttn: subscribe to TTN v3 uplinks.
+        clock: for the refusal log throttle.
     """
 
     def __init__(self, devices: dict[str, str] | None = None, *, chirpstack: bool = True,
-                 ttn: bool = True) -> None:
-        self.devices = {k.upper(): v for k, v in (devices or {}).items()}
+                 ttn: bool = True, clock: Clock | None = None) -> None:
+        self.devices = {_eui(k) or k.upper(): v for k, v in (devices or {}).items()}
         self._chirpstack = chirpstack
         self._ttn = ttn
         self._last_seq: dict[str, int] = {}
         self.stats = LorawanStats()
+        self.refusals = Refusals("lorawan", clock)
 
     def sources(self) -> list[tuple[str, Decoder]]:
         """(topic filter, decoder) pairs for the receiver (``Receiver(extra=...)``)."""
@@ -119,93 +152,105 @@ class LorawanDecoder:
 
     def chirpstack(self, topic: str, payload: bytes) -> dict[str, Any] | None:
         """A ChirpStack v4 ``event/up`` message → alert event (None if not an alert)."""
-        body = self._json(topic, payload)
-        if body is None:
-            return None
-        info = body.get("deviceInfo")
-        info = info if isinstance(info, dict) else {}
-        dev_eui = info.get("devEui") or topic.split("/")[3]
-        rx = body.get("rxInfo")
-        rx0 = rx[0] if isinstance(rx, list) and rx and isinstance(rx[0], dict) else {}
-        lora = _dig(body, "txInfo", "modulation", "lora")
-        meta = {"network": "chirpstack", "fcnt": body.get("fCnt"), "rssi": rx0.get("rssi"),
-                "snr": rx0.get("snr"), "sf": lora.get("spreadingFactor")}
-        return self._uplink(topic, str(dev_eui), info.get("deviceName"), body.get("fPort"),
-                            body.get("data"), meta)
+        return self._guarded(topic, lambda: self._chirpstack_up(topic, payload))
 
     def ttn(self, topic: str, payload: bytes) -> dict[str, Any] | None:
         """A The Things Stack v3 ``up`` message → alert event (None if not an alert)."""
-        body = self._json(topic, payload)
-        if body is None:
+        return self._guarded(topic, lambda: self._ttn_up(topic, payload))
+
+    def _guarded(self, topic: str, decode: Callable[[], dict[str, Any] | None],
+                 ) -> dict[str, Any] | None:
+        self.stats.uplinks += 1
+        try:
+            return decode()
+        except Refused as r:
+            if r.kind == "codec":
+                self.stats.codec_errors += 1
+            else:
+                self.stats.malformed += 1
+            self.refusals.count(r, topic)
             return None
+
+    def _chirpstack_up(self, topic: str, payload: bytes) -> dict[str, Any] | None:
+        body = parse_object(payload, UPLINK_LIMITS)
+        parts = topic.split("/")
+        dev_eui = _eui(parts[3]) if len(parts) > 3 else None
+        if dev_eui is None:
+            raise Refused("bad_deveui", "the topic names no DevEUI")
+        info = body.get("deviceInfo")
+        info = info if isinstance(info, dict) else {}
+        named = get_field(info, "devEui", str, max_len=64, required=False)
+        if named is not None and _eui(named) != dev_eui:
+            raise Refused("deveui_mismatch", f"the body names {named[:24]!r}, the topic "
+                          f"{dev_eui}")
+        rx = body.get("rxInfo")
+        rx0 = rx[0] if isinstance(rx, list) and rx and isinstance(rx[0], dict) else {}
+        lora = _dig(body, "txInfo", "modulation", "lora")
+        meta = {"network": "chirpstack", "fcnt": _int(body.get("fCnt")),
+                "rssi": _num(rx0.get("rssi")), "snr": _num(rx0.get("snr")),
+                "sf": _int(lora.get("spreadingFactor"))}
+        return self._uplink(dev_eui, body.get("fPort"), body.get("data"), meta)
+
+    def _ttn_up(self, topic: str, payload: bytes) -> dict[str, Any] | None:
+        body = parse_object(payload, UPLINK_LIMITS)
         ids = body.get("end_device_ids")
         ids = ids if isinstance(ids, dict) else {}
         up = body.get("uplink_message")
         if not isinstance(up, dict):
-            self._malformed(topic, "no uplink_message")
-            return None
+            raise Refused("missing", "no uplink_message")
+        dev_eui = _eui(get_field(ids, "dev_eui", str, max_len=64))
+        if dev_eui is None:
+            raise Refused("bad_deveui", "end_device_ids.dev_eui is not a DevEUI")
         rx = up.get("rx_metadata")
         rx0 = rx[0] if isinstance(rx, list) and rx and isinstance(rx[0], dict) else {}
         lora = _dig(up, "settings", "data_rate", "lora")
-        meta = {"network": "ttn", "fcnt": up.get("f_cnt"), "rssi": rx0.get("rssi"),
-                "snr": rx0.get("snr"), "sf": lora.get("spreading_factor")}
-        name = ids.get("device_id") or topic.split("/")[3]
-        return self._uplink(topic, str(ids.get("dev_eui") or ""), name, up.get("f_port"),
-                            up.get("frm_payload"), meta)
+        meta = {"network": "ttn", "fcnt": _int(up.get("f_cnt")), "rssi": _num(rx0.get("rssi")),
+                "snr": _num(rx0.get("snr")), "sf": _int(lora.get("spreading_factor"))}
+        return self._uplink(dev_eui, up.get("f_port"), up.get("frm_payload"), meta)
 
     # -- common -------------------------------------------------------------------------
 
-    def _json(self, topic: str, payload: bytes) -> dict[str, Any] | None:
-        try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, ValueError):
-            body = None
-        if not isinstance(body, dict):
-            self._malformed(topic, "not a JSON object")
-            return None
-        return body
+    def unit_of(self, dev_eui: str) -> str | None:
+        """The unit of a device in the fleet's list; None for any other device."""
+        key = _eui(dev_eui)
+        return None if key is None else self.devices.get(key)
 
-    def _malformed(self, topic: str, why: str) -> None:
-        self.stats.malformed += 1
-        logger.warning("lorawan: malformed uplink on %s: %s", topic, why)
+    def _unknown(self, dev_eui: str) -> None:
+        """Count an uplink of a device outside the fleet; report each DevEUI once."""
+        self.stats.unknown += 1
+        known = self.stats.unknown_devices
+        key = dev_eui if dev_eui in known or len(known) < MAX_UNKNOWN else OTHERS
+        if key not in known and key != OTHERS:
+            logger.warning("lorawan: uplink from unknown device %s (not in --lorawan-devices): "
+                           "counted, not shown as a unit", dev_eui)
+        known[key] = known.get(key, 0) + 1
 
-    def unit_of(self, dev_eui: str, name: Any) -> str | None:
-        """The unit of a device: the DevEUI mapping, else the network server's device name."""
-        unit = self.devices.get(dev_eui.replace(":", "").upper())
-        if unit is None and isinstance(name, str) and name:
-            self.stats.by_name += 1
-            unit = name.upper() if name.islower() else name
-        return unit
-
-    def _uplink(self, topic: str, dev_eui: str, name: Any, fport: Any, data: Any,
+    def _uplink(self, dev_eui: str, fport: Any, data: Any,
                 meta: dict[str, Any]) -> dict[str, Any] | None:
-        self.stats.uplinks += 1
         if not isinstance(fport, int) or isinstance(fport, bool) or not isinstance(data, str):
-            self._malformed(topic, "fPort or payload missing")
-            return None
+            raise Refused("missing", "fPort or payload missing")
+        if len(data) > 1024:
+            raise Refused("too_large", f"{len(data)} characters of payload")
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
-            self._malformed(topic, "payload is not base64")
-            return None
+            raise Refused("not_base64", "the payload is not base64") from None
         if fport not in (codec.PORT_ALERT, codec.PORT_STATUS):
             self.stats.other_ports += 1
             logger.info("lorawan: %s sent %d byte(s) on fPort %d (not ours)", dev_eui, len(raw),
                         fport)
             return None
-        unit = self.unit_of(dev_eui, name)
+        unit = self.unit_of(dev_eui)
         if unit is None:
-            self._malformed(topic, f"unknown device {dev_eui} and no device name")
+            self._unknown(dev_eui)
             return None
         res = codec.decode_uplink(fport, raw)
         for w in res.warnings:
             logger.warning("lorawan: %s: %s", unit, w)
         if not res.ok:
-            self.stats.codec_errors += 1
-            logger.warning("lorawan: %s: payload %s refused: %s", unit, raw.hex(),
-                           "; ".join(res.errors))
-            return None
-        meta = {**meta, "dev_eui": dev_eui.upper(), "fport": fport}
+            raise Refused("codec", f"{unit}: payload {raw.hex()} refused: "
+                          f"{'; '.join(res.errors)}")
+        meta = {**meta, "dev_eui": dev_eui, "fport": fport}
         if fport == codec.PORT_STATUS:
             self.stats.status += 1
             self.stats.last_status[unit] = res.data
@@ -272,9 +317,10 @@ def lorawan_sources(
     return decoder, decoder.sources()
 
 
-def dedupe_key(event: dict[str, Any]) -> tuple[str, int] | None:
-    """(unit, low 16 bits of seq): what a LoRa alert and its MQTT event have in common."""
-    unit, seq = event.get("unit"), event.get("seq")
-    if not isinstance(unit, str) or not isinstance(seq, int) or isinstance(seq, bool):
-        return None
-    return unit, seq & 0xFFFF
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _num(value: Any) -> float | int | None:
+    """A finite number or None (the door already refused NaN and Infinity)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None

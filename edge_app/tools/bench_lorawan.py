@@ -130,7 +130,7 @@ def _latency_at(sf: int, n: int, broker_port: int, root: Path) -> list[float]:
     ns.register(keys.dev_eui, keys.join_eui, keys.app_key, "LL-042")
     emu = Rui3Modem(ns, time_factor=0.01, enforce_duty_cycle=False).start()
     rx = Receiver("127.0.0.1", broker_port, client_id=f"bench-lorawan-sf{sf}", on_alert=on_alert,
-                  extra=LorawanDecoder().sources(), receipts=False)
+                  extra=LorawanDecoder({keys.dev_eui: "LL-042"}).sources(), receipts=False)
     rx.start()
     store = EventStore(cfg)
     store.open()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edge_app import __version__
 from edge_app.core.errors import ConfigError, ModelError
+from edge_app.core.models_dir import SEARCH_HELP
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -40,6 +41,11 @@ def _setup_logging(verbose: int, quiet: bool = False) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    """``run`` without the running: the same :func:`edge_app.trap.preflight.check`.
+
+    ``--schema-only`` is for a config being prepared on a laptop for another machine, where
+    the unit's files (certificates, models, storage) are not there to check.
+    """
     from edge_app.core import config
 
     if args.explain:
@@ -49,11 +55,16 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         print("check-config: give a FILE (or --explain)", file=sys.stderr)
         return EXIT_USAGE
     cfg = config.load(args.file)
-    if cfg.lorawan.enabled:  # the keys file too: a technician checks on the bench, not on site
-        from edge_app.trap.uplink.lorawan import load_secrets
+    what = f"unit {cfg.unit.id}, backend {cfg.hardware.backend}"
+    if args.schema_only:
+        print(f"{args.file}: ok ({what}; schema only: files, models and storage not checked)")
+        return EXIT_OK
+    from edge_app.trap.preflight import check
 
-        load_secrets(cfg.lorawan.secrets_file)
-    print(f"{args.file}: ok (unit {cfg.unit.id}, backend {cfg.hardware.backend})")
+    ready = check(cfg, args.models, load_models=True)
+    for note in ready.notes:
+        print(f"{args.file}: note: {note}", file=sys.stderr)
+    print(f"{args.file}: ok ({what}, models {ready.models_dir})")
     return EXIT_OK
 
 
@@ -61,12 +72,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edge_app.core import config
 
     cfg = config.load(args.config)  # before the heavy imports: a bad config fails fast
-    from edge_app.trap.uplink.mqtt import check_credentials
-
-    check_credentials(cfg)  # missing TLS files, a password file others can read: exit 2
     from edge_app.trap.daemon import run_daemon
 
-    return run_daemon(cfg, models=args.models)
+    return run_daemon(cfg, models=args.models)  # checks the machine first (trap/preflight)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -87,8 +95,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     from edge_app.core.config import DetectorConfig
+    from edge_app.core.models_dir import resolve_models_dir
     from edge_app.tools.batch import run_detect
-    from edge_app.trap.detect.pipeline import resolve_models_dir
 
     models_dir = resolve_models_dir(args.models, "")
     md = Path(args.md_json) if args.md_json else None
@@ -100,7 +108,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
-    from edge_app.station.receiver import AlertsOptions, run_alerts
+    from edge_app.station.alerts import AlertsOptions, run_alerts
 
     opts = AlertsOptions(ca_file=args.ca_file, username=args.username,
                          password_file=args.password_file, store_dir=args.store,
@@ -141,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "camera-trap photos in ../shared when present)")
     d.add_argument("--synthetic", action="store_true",
                    help="replay generated scenes instead of photos")
-    d.add_argument("--models", help="model folder (else CAMTRAP_MODELS, else ../shared's)")
+    d.add_argument("--models", help=SEARCH_HELP)
     d.add_argument("--every", type=float, default=1.5, help="seconds between simulated visits")
     d.add_argument("--unit", default="DEMO-001", help="unit id")
     d.add_argument("--json", action="store_true", help="event JSON per line, summary last")
@@ -149,17 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="the trap daemon")
     r.add_argument("--config", required=True, help="TOML config file")
-    r.add_argument("--models", help="model folder (overrides detector.models_dir)")
+    r.add_argument("--models", help=SEARCH_HELP)
     r.set_defaults(func=_cmd_run, quiet=False)
 
     c = sub.add_parser("check-config", help="validate a config file (exit 2 if bad)")
     c.add_argument("file", nargs="?")
     c.add_argument("--explain", action="store_true", help="list every key with default and doc")
+    c.add_argument("--models", help=SEARCH_HELP + " (as for run)")
+    c.add_argument("--schema-only", action="store_true",
+                   help="check the file alone, not this machine (a config for another unit)")
     c.set_defaults(func=_cmd_check_config, quiet=True)
 
     t = sub.add_parser("detect", help="run detection on image files or folders")
     t.add_argument("paths", nargs="+", metavar="PATH")
-    t.add_argument("--models", help="model folder (else CAMTRAP_MODELS)")
+    t.add_argument("--models", help=SEARCH_HELP)
     t.add_argument("--json", action="store_true", help="one JSON object per image")
     t.add_argument("--md-json", metavar="OUT",
                    help="also write MegaDetector batch output (format 1.6) to OUT")
@@ -179,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not confirm received events to the traps")
     a.add_argument("--keep", action="store_true", help="also print non-alert events")
     a.add_argument("--lorawan-devices", metavar="FILE",
-                   help="TOML mapping LoRaWAN DevEUI → unit (default: the device names)")
+                   help="the fleet's LoRaWAN devices: TOML mapping DevEUI → unit (uplinks "
+                   "of other devices are counted as unknown, never shown as a unit)")
     a.add_argument("--no-lorawan", action="store_true",
                    help="do not subscribe to ChirpStack/TTN uplinks")
     a.set_defaults(func=_cmd_alerts, quiet=True)
@@ -189,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--config", required=True, help="TOML config file (for storage.root)")
     o.add_argument("--json", action="store_true")
     o.add_argument("--state", action="append", metavar="STATE",
-                   choices=["ready", "inflight", "acked-by-broker", "sent", "dead"],
+                   choices=["ready", "inflight", "acked-by-broker", "sent", "skipped", "dead"],
                    help="ls: only rows in this state / purge: delete rows in this state "
                    "(repeatable; purge default: sent)")
     o.add_argument("--kind", action="append", metavar="KIND",

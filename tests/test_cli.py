@@ -111,11 +111,32 @@ def test_detect_json_lines_and_exit_codes(
 def test_detect_without_models_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Every place of the search is named (tests/test_models_dir.py has the search itself)."""
+    from edge_app.core.models_dir import INSTALLED_MODELS_DIR
+
+    if INSTALLED_MODELS_DIR.is_dir():
+        pytest.fail(f"{INSTALLED_MODELS_DIR} exists on this machine: a bare `camtrap detect` "
+                    "finds models there, so this test cannot see the error")
     monkeypatch.delenv("CAMTRAP_MODELS", raising=False)
+    monkeypatch.setenv("CAMTRAP_SHARED", str(tmp_path / "no-shared"))
     r = subprocess.run([*CAMTRAP, "detect", str(tmp_path)], capture_output=True, text=True,
                        timeout=60, check=False)
     assert r.returncode == 2
-    assert "CAMTRAP_MODELS" in r.stderr
+    for place in ("--models", "detector.models_dir", "CAMTRAP_MODELS",
+                  str(INSTALLED_MODELS_DIR), "../shared/data/models"):
+        assert place in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.models
+def test_a_bare_detect_in_a_clone_finds_the_shared_pack(cameratrapai_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last place of the search: ../shared/data/models beside the clone."""
+    monkeypatch.delenv("CAMTRAP_MODELS", raising=False)
+    r = subprocess.run([*CAMTRAP, "detect", "--json", str(cameratrapai_dir / "human.jpg")],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["label"] == "person"
 
 
 @pytest.mark.broker

@@ -20,7 +20,7 @@ from edge_app.core.config import DetectorConfig
 from edge_app.core.errors import ImageError, ModelError
 from edge_app.core.events import FrameResult
 from edge_app.tools.batch import run_detect
-from edge_app.trap.detect.pipeline import Pipeline, resolve_models_dir
+from edge_app.trap.detect.pipeline import Pipeline
 from edge_app.trap.detect.preprocess import Letterboxer, crop_box, decode_image
 from edge_app.trap.detect.runtime import TfliteModel, resolve_threads
 
@@ -291,29 +291,6 @@ def test_runtime_dequantises_each_output_with_its_own_params(models_dir: Path) -
 
 
 # --------------------------------------------------------------------------- models dir
-
-
-def test_resolve_models_dir_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    a, b, c = (tmp_path / n for n in "abc")
-    for d in (a, b, c):
-        d.mkdir()
-    monkeypatch.setenv("CAMTRAP_MODELS", str(c))
-    assert resolve_models_dir(str(a), str(b)) == a
-    assert resolve_models_dir(None, str(b)) == b
-    assert resolve_models_dir(None, "") == c
-
-
-def test_resolve_models_dir_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CAMTRAP_MODELS", raising=False)
-    with pytest.raises(ModelError) as e:
-        resolve_models_dir(None, "")
-    for way in ("--models", "detector.models_dir", "CAMTRAP_MODELS"):
-        assert way in str(e.value)
-    with pytest.raises(ModelError, match=r"does not exist.*--models"):
-        resolve_models_dir(str(tmp_path / "missing"), "")
-    monkeypatch.setenv("CAMTRAP_MODELS", str(tmp_path / "gone"))
-    with pytest.raises(ModelError, match=r"gone.*CAMTRAP_MODELS"):
-        resolve_models_dir(None, "")
 
 
 def test_pipeline_on_missing_models_dir_names_the_file(tmp_path: Path) -> None:

@@ -45,7 +45,8 @@ def test_check_config_checks_the_keys_file(tmp_path: Path,
     secrets = write_secrets(tmp_path / "lorawan.toml", mode=0o644)
     cfg = tmp_path / "camtrap.toml"
     cfg.write_text(f'[unit]\nid = "LL-042"\n[hardware]\nbackend = "sim"\n[camera]\n'
-                   f'source = "synthetic"\n[mqtt]\nenabled = false\n[lorawan]\nenabled = true\n'
+                   f'source = "synthetic"\n[storage]\nroot = "data"\n'  # check-config probes it
+                   f'[mqtt]\nenabled = false\n[lorawan]\nenabled = true\n'
                    f'mode = "always"\nsecrets_file = "{secrets}"\n')
     assert camtrap(["check-config", str(cfg)]) == 2
     err = capsys.readouterr().err

@@ -137,3 +137,22 @@ def test_a_stored_value_the_schema_no_longer_accepts_is_skipped(tmp_path: Path) 
     assert out.storage.root == cfg.storage.root
     assert out.policy.empty_below == 0.2
     assert out.detector.score_threshold == cfg.detector.score_threshold
+
+
+@pytest.mark.models
+def test_a_remote_threshold_reaches_the_running_pipeline(models_dir: Path) -> None:
+    """The resolved thresholds used to be computed once at start: a config/set of
+    detector.score_threshold changed the config but not what the detector kept."""
+    from edge_app.core.config import DetectorConfig
+    from edge_app.trap.detect.pipeline import Pipeline
+
+    p = Pipeline(DetectorConfig(), models_dir)
+    try:
+        before = p.thresholds.category.copy()
+        p.apply(with_values(lora_cfg(Path("/nonexistent")),
+                            {"detector.score_threshold": 0.61}).detector)
+        assert p.cfg.score_threshold == 0.61
+        assert float(p.thresholds.category.max()) == pytest.approx(0.61)
+        assert not (p.thresholds.category == before).all()
+    finally:
+        p.close()

@@ -6,14 +6,29 @@ silently fall back to a default. Every error names the dotted key and the reason
 
 Plain dataclasses instead of pydantic: pydantic-core has no wheels for the armv6/armv7 Pis,
 and the schema is small enough that ~100 lines of validation are cheaper than a dependency.
-Field constraints live in ``metadata``: ``min``/``max`` (inclusive), ``gt`` (exclusive) and
-``doc`` (shown by ``camtrap check-config --explain``).
+Field constraints live in ``metadata``: ``min``/``max`` (inclusive), ``gt`` (exclusive),
+``path`` (a file or folder) and ``doc`` (shown by ``camtrap check-config --explain``).
+
+The file is untrusted input like any other (ARCHITECTURE §2, the guarded door): TOML allows
+``nan`` and ``inf``, and a NaN threshold turns every comparison false (a trap that alerts on
+nothing, silently), so every float key must be finite.
+
+Relative paths are taken from the config file's folder, not from the current directory: the
+same file must mean the same trap whether systemd starts it from ``/`` or a technician checks
+it from their home folder. Only :func:`load` knows the file, so it resolves them; :func:`parse`
+(remote settings, the demo) leaves values as given.
+
+This module checks the file alone. Whether the files and folders it names exist, the models
+verify and ``storage.root`` is writable is :mod:`edge_app.trap.preflight`, which ``camtrap
+check-config`` and ``camtrap run`` share.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -22,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from edge_app.core.errors import ConfigError
+from edge_app.core.guard import Refused, finite_number
 
 T = TypeVar("T")
 
@@ -32,6 +48,22 @@ def _f(default: Any, doc: str, **limits: float) -> Any:
         items: list[Any] = list(default)
         return field(default_factory=lambda: list(items), metadata={"doc": doc, **limits})
     return field(default=default, metadata={"doc": doc, **limits})
+
+
+def _path(default: str, doc: str) -> Any:
+    """A file or folder key: relative values are taken from the config file's folder."""
+    return field(default=default, metadata={"doc": doc, "path": True})
+
+
+PATH_NOTE = "a relative path is taken from the config file's folder"
+"""Added to the ``--explain`` line of every path key."""
+
+MAX_PIXELS_DEFAULT = 100_000_000
+"""Default ``detector.max_pixels``: 100 MP, half as much again as the largest Pi camera
+(64 MP) and well above the 12 MP ones, below the 192 MP of a 16000×12000 frame."""
+MAX_PIXELS_LIMIT = 2 * 89_478_485
+"""Pillow refuses to open an image above twice its ``Image.MAX_IMAGE_PIXELS`` whatever we
+say (``DecompressionBombError``), so a larger ``detector.max_pixels`` could not be honoured."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +109,7 @@ class CameraConfig:
     source: Literal["replay", "synthetic", "picamera2"] = _f(
         "picamera2", "replay: a folder of JPEGs; synthetic: generated scenes; picamera2: the Pi "
         "camera")
-    images_dir: str = _f("", "replay: the folder of JPEGs")
+    images_dir: str = _path("", "replay: the folder of JPEGs")
     order: Literal["sorted", "shuffle"] = _f("sorted", "replay: order of the images")
     seed: int = _f(1, "replay shuffle / synthetic scene seed")
     width: int = _f(1280, "frame width in pixels (synthetic, picamera2)", min=64, max=8192)
@@ -107,11 +139,17 @@ class ThresholdsConfig:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    models_dir: str = _f("", "folder holding the model files (else --models or CAMTRAP_MODELS)")
+    models_dir: str = _path("", "folder holding the model files; --models wins over it, and "
+                            "without either: CAMTRAP_MODELS, /var/lib/camtrap/models, "
+                            "../shared/data/models beside a clone")
     detector: str = _f("yolov8n_coco_int8_640", "model card name of the detector")
     classifier: str = _f("mobilenet_v2_imagenet_uint8_224",
                          "model card name of the crop classifier ('' = none)")
     num_threads: int = _f(0, "interpreter threads (0 = number of CPUs)", min=0, max=64)
+    max_pixels: int = _f(MAX_PIXELS_DEFAULT, "an image with more pixels than this (read from "
+                         "its header, before decoding) is refused as unreadable: camtrap "
+                         "detect reports it and goes on, the trap keeps the trigger",
+                         min=64 * 64, max=MAX_PIXELS_LIMIT)
     score_threshold: float = _f(0.25, "minimum detector confidence for a box", min=0, max=1)
     iou_threshold: float = _f(0.45, "non-maximum suppression IoU", gt=0, max=1)
     species_threshold: float = _f(0.35, "minimum classifier confidence to name a species",
@@ -186,7 +224,8 @@ class BackgroundConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    root: str = _f("/var/lib/camtrap", "where media and the database live")
+    root: str = _path("/var/lib/camtrap", "where media and the database live; must be "
+                      "writable")
     thumb_px: int = _f(320, "longest side of thumbnails", min=32, max=2048)
     thumb_quality: int = _f(70, "JPEG quality of thumbnails", min=10, max=100)
     thumb_max_kb: float = _f(20.0, "a thumbnail larger than this is encoded again at lower "
@@ -236,15 +275,16 @@ class MqttConfig:
     session_expiry_s: int = _f(7 * 86400, "broker keeps our session this long while we are "
                                "offline", min=0)
     tls: bool = _f(True, "use TLS")
-    ca_file: str = _f("", "CA certificate for the broker (TLS)")
-    cert_file: str = _f("", "client certificate (TLS, optional)")
-    key_file: str = _f("", "client key (TLS, with cert_file)")
+    ca_file: str = _path("", "CA certificate for the broker (TLS)")
+    cert_file: str = _path("", "client certificate (TLS, optional)")
+    key_file: str = _path("", "client key (TLS, with cert_file)")
     allow_insecure: bool = _f(False, "allow plain TCP to a host that is not loopback")
     reconnect_min_s: float = _f(1.0, "first reconnect delay", gt=0)
     reconnect_max_s: float = _f(120.0, "longest reconnect delay", gt=0)
     username: str = _f("", "MQTT user name (default: the unit id, which the broker's ACL "
                        "pattern camtrap/%u/# expects); used with password_file")
-    password_file: str = _f("", "file holding the MQTT password (one line); must be mode 0600")
+    password_file: str = _path("", "file holding the MQTT password (one line); must be mode "
+                               "0600")
     stats_interval_s: float = _f(300.0, "publish health on <prefix>/<unit>/stats this often "
                                  "(0 = never)", min=0)
     receipts: bool = _f(True, "keep events in the outbox ('acked-by-broker') until a "
@@ -270,8 +310,8 @@ class LorawanConfig:
     baudrate: int = _f(0, "serial speed (0 = the module's default: 115200 RAK3172, 9600 "
                        "Wio-E5)", min=0, max=921600)
     region: Literal["RU864", "EU868"] = _f("RU864", "LoRaWAN region (band plan)")
-    secrets_file: str = _f("/etc/camtrap/lorawan.toml", "TOML with dev_eui, join_eui, app_key; "
-                           "must be mode 0600")
+    secrets_file: str = _path("/etc/camtrap/lorawan.toml", "TOML with dev_eui, join_eui, "
+                              "app_key; must be mode 0600")
     mode: Literal["always", "fallback"] = _f(
         "always", "always: every alert also goes over LoRa (ARCHITECTURE: alerts go on every "
         "link); fallback: only while MQTT has not delivered it (saves airtime)")
@@ -360,7 +400,10 @@ def _convert(key: str, tp: Any, value: Any, meta: typing.Mapping[str, Any]) -> A
     elif tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"must be a number, got {value!r}")
-        value = float(value)
+        try:  # the guarded door's rule (TOML's nan, inf and 1e999; an int beyond a float)
+            value = finite_number(value, key)
+        except (Refused, OverflowError):
+            raise ConfigError(key, f"must be a finite number, got {value}") from None
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"must be a string, got {value!r}")
@@ -391,6 +434,33 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
         elif f.default is MISSING and f.default_factory is MISSING:  # pragma: no cover
             raise ConfigError(key, "is required")
     return cls(**kwargs)
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is not a host name or IP address, or None when it is one.
+
+    Syntax only (RFC 1123 names, IPv4/IPv6 literals): a trap may start before its network
+    is up, so a name that does not resolve *now* is not a config error. The common slips get
+    a hint: a URL (``mqtts://broker``) or a port in the host (``broker:8883``).
+    """
+    if not host:
+        return "is required"
+    if "://" in host:
+        return f"give the host name only, without a scheme, got {host!r}"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    if host.count(":") == 1:
+        return f"give the port in its own key, got {host!r}"
+    name = host[:-1] if host.endswith(".") else host
+    if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+        return f"is not a host name or IP address: {host!r}"
+    return None
 
 
 def _is_loopback(host: str) -> bool:
@@ -426,6 +496,8 @@ def _check(cfg: Config) -> None:
     if cfg.outbox.backoff_max_s < cfg.outbox.backoff_min_s:
         raise ConfigError("outbox.backoff_max_s", "must be ≥ outbox.backoff_min_s")
     m = cfg.mqtt
+    if m.enabled and (problem := host_problem(m.host)) is not None:
+        raise ConfigError("mqtt.host", problem)
     if m.reconnect_max_s < m.reconnect_min_s:
         raise ConfigError("mqtt.reconnect_max_s", "must be ≥ mqtt.reconnect_min_s")
     if m.enabled and not m.tls and not m.allow_insecure and not _is_loopback(m.host):
@@ -467,8 +539,48 @@ def parse(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def path_keys() -> list[str]:
+    """The dotted keys that name a file or folder (``path`` in their metadata)."""
+    out: list[str] = []
+
+    def walk(cls: type[Any], prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            tp = hints[f.name]
+            if is_dataclass(tp):
+                walk(tp, key)  # type: ignore[arg-type]
+            elif f.metadata.get("path"):
+                out.append(key)
+
+    walk(Config, "")
+    return out
+
+
+def resolve_paths(cfg: Config, base: Path) -> Config:
+    """``cfg`` with every relative path key made absolute against ``base`` (``~`` expanded).
+
+    Empty values stay empty (they mean "none" or "the default").
+    """
+
+    def walk(obj: Any) -> Any:
+        changes: dict[str, Any] = {}
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if is_dataclass(value) and not isinstance(value, type):
+                changes[f.name] = walk(value)
+            elif f.metadata.get("path") and value:
+                p = Path(value).expanduser()
+                changes[f.name] = str(p if p.is_absolute() else base / p)
+        return dataclasses.replace(obj, **changes)
+
+    resolved: Config = walk(cfg)
+    return resolved
+
+
 def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a TOML config file.
+    """Read and validate a TOML config file; relative paths in it are made absolute against
+    the file's own folder.
 
     Raises:
         ConfigError: with the dotted key (``file`` for unreadable or malformed TOML).
@@ -482,7 +594,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("file", f"{p} is not valid TOML: {e}") from e
-    return parse(data)
+    return resolve_paths(parse(data), p.absolute().parent)
 
 
 def explain() -> list[str]:
@@ -503,7 +615,10 @@ def explain() -> list[str]:
                 default = f.default_factory()
             else:  # pragma: no cover - every field has a default
                 default = None
-            out.append(f"{key} = {default!r}  # {_typename(tp)}; {f.metadata.get('doc', '')}")
+            doc = f.metadata.get("doc", "")
+            if f.metadata.get("path"):
+                doc = f"{doc}; {PATH_NOTE}"
+            out.append(f"{key} = {default!r}  # {_typename(tp)}; {doc}")
 
     walk(Config, "")
     return out

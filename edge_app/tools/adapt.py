@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_app.core.models_dir import SEARCH_HELP
 from edge_app.tools.adapt_options import MIN_EXAMPLES, TARGET_RECALL
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", metavar="CSV", help="file,label CSV (default DIR/labels.csv)")
     p.add_argument("--out", required=True, metavar="FILE", help="head file to write "
                    "(its model card goes to FILE.md)")
-    p.add_argument("--models", help="model folder (else CAMTRAP_MODELS)")
+    p.add_argument("--models", help=SEARCH_HELP)
     p.add_argument("--config", metavar="FILE", help="take the detector and embedder cards "
                    "from this config's [detector]")
     p.add_argument("--target-recall", type=float, default=TARGET_RECALL, metavar="R",
@@ -63,6 +64,7 @@ class FrameEmbeddings:
         self._resize = card.input.resize
         self.embedder = Embedder(det_cfg.embedder, models_dir, det_cfg.num_threads)
         self._buffer = DecodeBuffer()
+        self._max_pixels: int = det_cfg.max_pixels
 
     def __call__(self, data: bytes) -> Any:
         """A copy of the unit embedding of encoded image bytes.
@@ -72,7 +74,8 @@ class FrameEmbeddings:
         """
         from edge_app.trap.detect.preprocess import decode_image
 
-        decoded = decode_image(data, self._target, self._resize, self._buffer)
+        decoded = decode_image(data, self._target, self._resize, self._buffer,
+                               max_pixels=self._max_pixels)
         return self.embedder.embed(decoded.image).copy()
 
     def close(self) -> None:
@@ -90,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
 
     from edge_app.core import config
     from edge_app.core.errors import ImageError
+    from edge_app.core.models_dir import resolve_models_dir
     from edge_app.tools.head_training import (
         LabelError,
         TrainingSet,
@@ -99,7 +103,6 @@ def main(args: argparse.Namespace) -> int:
         source_of,
         train_head,
     )
-    from edge_app.trap.detect.pipeline import resolve_models_dir
     from edge_app.trap.detect.site_head import save_head
 
     def fail(msg: str) -> int:
@@ -116,16 +119,16 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         return fail(f"folder of --out {out} does not exist")
+    det_cfg = config.load(args.config).detector if args.config else config.DetectorConfig()
+    if not det_cfg.embedder:
+        return fail("detector.embedder is '' in the config: a head needs an embedding model")
+    models_dir = resolve_models_dir(args.models, det_cfg.models_dir)  # before reading labels
     labels = Path(args.labels) if args.labels else images / "labels.csv"
     try:
         rows = read_label_csv(labels, images)
         check_counts([r.label for r in rows], args.min_examples)
     except LabelError as e:
         return fail(str(e))
-    det_cfg = config.load(args.config).detector if args.config else config.DetectorConfig()
-    if not det_cfg.embedder:
-        return fail("detector.embedder is '' in the config: a head needs an embedding model")
-    models_dir = resolve_models_dir(args.models, det_cfg.models_dir)
 
     t0 = time.perf_counter()
     embed = FrameEmbeddings(det_cfg, models_dir)

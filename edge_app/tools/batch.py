@@ -192,7 +192,7 @@ def run_detect(paths: Sequence[str], models_dir: Path, cfg: DetectorConfig, as_j
     Args:
         paths: image files and/or folders.
         models_dir: the models folder (see
-            :func:`~edge_app.trap.detect.pipeline.resolve_models_dir`).
+            :func:`~edge_app.core.models_dir.resolve_models_dir`).
         cfg: detector settings (thresholds, model card names, threads).
         as_json: print ARCHITECTURE §3 JSON objects instead of readable lines.
         out: where lines go (flushed after each, so a long run can be followed).

@@ -51,6 +51,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_app.core.models_dir import SEARCH_HELP
+
 if TYPE_CHECKING:
     from edge_app.core.events import FrameResult
 
@@ -64,7 +66,7 @@ STAGES = ("decode", "preprocess", "invoke", "postprocess", "classify")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``camtrap bench detect``."""
-    p.add_argument("--models", help="model folder (else CAMTRAP_MODELS)")
+    p.add_argument("--models", help=SEARCH_HELP)
     p.add_argument("--images", help="folder of JPEGs (default: images/cameratrapai next to "
                    "the models folder, i.e. the shared pack)")
     p.add_argument("--detector", action="append", metavar="CARD",
@@ -373,7 +375,7 @@ def _classifier_passes(r: FrameResult) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark; exit 2 on a bad models or images folder."""
-    from edge_app.trap.detect.pipeline import resolve_models_dir
+    from edge_app.core.models_dir import resolve_models_dir
 
     models_dir = resolve_models_dir(args.models, "")
     if args.rss_probe:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -23,10 +22,10 @@ from typing import Any, TextIO
 
 from edge_app.core import config
 from edge_app.core.clock import SystemClock
+from edge_app.core.models_dir import resolve_models_dir, shared_data_dir
 from edge_app.sim.broker import PrivateBroker, find_mosquitto
 from edge_app.station.receiver import Receiver, format_alert
 from edge_app.trap.daemon import App
-from edge_app.trap.detect.pipeline import resolve_models_dir
 
 logger = logging.getLogger(__name__)
 
@@ -72,30 +71,18 @@ def _latency_ms(event: dict[str, Any]) -> float | None:
     return (time.time() - ts) * 1000.0
 
 
-def shared_data_dir() -> Path | None:
-    """The shared photo and model pack of a development checkout, if there is one.
-
-    ``CAMTRAP_SHARED`` names it; otherwise ``../shared`` beside the repository, which is
-    where the quick start expects it. Only the demo falls back to it: a real unit is told
-    where its models are.
-    """
-    env = os.environ.get("CAMTRAP_SHARED")
-    root = Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
-    data = root / "data"
-    return data if data.is_dir() else None
-
-
 def _with_defaults(opts: DemoOptions) -> DemoOptions:
-    """Fill --images/--models from the shared pack so a bare ``camtrap demo`` shows alerts."""
+    """Fill --images from the shared pack so a bare ``camtrap demo`` shows alerts.
+
+    The models are found like every other command's (:func:`resolve_models_dir`, whose last
+    place is the same shared pack).
+    """
     shared = shared_data_dir()
-    if shared is None:
+    if shared is None or opts.images is not None:
         return opts
-    images, models = opts.images, opts.models
-    if images is None and (shared / "images" / "cameratrapai").is_dir():
-        images = str(shared / "images" / "cameratrapai")
-    if models is None and not os.environ.get("CAMTRAP_MODELS") and (shared / "models").is_dir():
-        models = str(shared / "models")
-    return replace(opts, images=images, models=models)
+    if (shared / "images" / "cameratrapai").is_dir():
+        return replace(opts, images=str(shared / "images" / "cameratrapai"))
+    return opts
 
 
 def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from edge_app.core.models_dir import SEARCH_HELP
+
 LABELS = ("empty", "animal", "person", "vehicle")
 BIG_CATS = ("leopard", "tiger")
 _SPECIES_WORDS = {
@@ -191,7 +193,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="folder of labelled images")
     p.add_argument("--labels", metavar="CSV", help="file,label,species CSV (default: "
                    "DIR/labels.csv if present, else labels from file names)")
-    p.add_argument("--models", help="model folder (else CAMTRAP_MODELS)")
+    p.add_argument("--models", help=SEARCH_HELP)
     p.add_argument("--config", metavar="FILE", help="take [detector] and [policy] from this "
                    "config (to try thresholds)")
     p.add_argument("--detector", metavar="CARD", help="detector card (overrides the config)")
@@ -297,8 +299,9 @@ def format_text(s: dict[str, Any], out: TextIO) -> None:
 def main(args: argparse.Namespace) -> int:
     """``camtrap eval``: exit 0, 1 if an image could not be read, 2 on bad input."""
     from edge_app.core import config
+    from edge_app.core.models_dir import resolve_models_dir
     from edge_app.tools.batch import Progress, expand_paths
-    from edge_app.trap.detect.pipeline import Pipeline, resolve_models_dir
+    from edge_app.trap.detect.pipeline import Pipeline
 
     def fail(msg: str) -> int:
         print(f"eval: {msg}", file=sys.stderr)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +50,10 @@ from edge_app.core.events import (
     Label,
     Species,
 )
+
+# The models-folder search moved to core (every command shares it); re-exported for callers
+# that import it from here.
+from edge_app.core.models_dir import resolve_models_dir as resolve_models_dir
 from edge_app.trap.detect import decoders
 from edge_app.trap.detect.cards import (
     ClassMap,
@@ -419,6 +422,16 @@ class Pipeline:
         self._whole: tuple[tuple[int, int], NDArray[np.uint8]] | None = None
         self.thresholds = Thresholds.resolve(cfg, det.classes)
 
+    def apply(self, cfg: DetectorConfig) -> None:
+        """Use changed settings from the next frame on (the settings service calls this).
+
+        Only thresholds and per-frame options can change at run time (the model cards are not
+        settable remotely), so the resolved thresholds are rebuilt before the new config is
+        swapped in: a frame sees the old pair or the new one.
+        """
+        self.thresholds = Thresholds.resolve(cfg, self._det.classes)
+        self.cfg = cfg
+
     def _load_embedding(self, cfg: DetectorConfig, models_dir: Path) -> None:
         if not cfg.embedder:
             raise ModelError("detector.embedder", "the site head and the background need an "
@@ -490,14 +503,16 @@ class Pipeline:
             raw score, below thresholds too.
 
         Raises:
-            ImageError: nothing decodable in ``image``.
+            ImageError: nothing decodable in ``image``, or more pixels than
+                ``detector.max_pixels`` (read from the header, before decoding).
         """
         return self._infer(self._prepare(image, image if isinstance(image, Path) else "frame"))
 
     def _prepare(self, image: bytes | Path, name: object) -> _Prepared:
         spec = self._det.card.input
         t0 = time.perf_counter()
-        decoded = decode_image(image, (spec.width, spec.height), spec.resize, self._buffer)
+        decoded = decode_image(image, (spec.width, spec.height), spec.resize, self._buffer,
+                               max_pixels=self.cfg.max_pixels)
         t1 = time.perf_counter()
         if decoded.truncated:
             log.warning("%s: truncated image, decoded the part that is there", name)
@@ -669,7 +684,11 @@ class Pipeline:
             frames: the burst, pre-trigger frames first (as :func:`capture_burst` builds it).
 
         Returns:
-            One result per frame, ``None`` where the frame could not be decoded (logged).
+            One result per frame, ``None`` where the frame could not be decoded or was refused
+            at the image door (more pixels than ``detector.max_pixels``), logged. ``None`` is
+            never evidence of emptiness: a trigger whose frames are all ``None`` is kept
+            (:func:`~edge_app.trap.detect.policy.decide`), so a camera mode that writes
+            oversized frames loses nothing, it only stops filtering.
         """
         n = len(frames)
         results: list[FrameResult | None] = [None] * n
@@ -713,21 +732,3 @@ def head_path(value: str, models_dir: Path) -> Path:
     """``detector.head`` as a path: absolute, or relative to the models folder."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else models_dir / p
-
-
-def resolve_models_dir(cli_value: str | None, cfg_value: str) -> Path:
-    """The models folder: ``--models``, else ``detector.models_dir``, else ``CAMTRAP_MODELS``.
-
-    Raises:
-        ModelError: none of the three is set, or the folder does not exist.
-    """
-    env = os.environ.get("CAMTRAP_MODELS", "")
-    for value, how in ((cli_value, "--models"), (cfg_value, "detector.models_dir"),
-                       (env, "CAMTRAP_MODELS")):
-        if value:
-            path = Path(value).expanduser()
-            if not path.is_dir():
-                raise ModelError(str(path), f"model folder does not exist (set by {how})")
-            return path
-    raise ModelError("models", "no model folder given: pass --models DIR, set "
-                     "detector.models_dir in the config, or set CAMTRAP_MODELS")

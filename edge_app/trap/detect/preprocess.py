@@ -31,6 +31,18 @@ fills the missing rows with grey. Other formats are not retried: a truncated PNG
 The decision for truncated JPEGs is *decode what is there and report it*
 (``DecodedImage.truncated``, a warning in the log): the top of a frame cut short by a power
 cut may still show the animal, and a grey bottom never creates a detection.
+
+:func:`decode_image` is the image door (ARCHITECTURE §2: size first, then parse): the pixel
+count is read from the header (a JPEG's by libjpeg-turbo's header parse, a PNG's from its
+IHDR chunk, otherwise from Pillow's lazy open, which decodes no pixels) and an image above
+``max_pixels`` (``detector.max_pixels``) is refused before a byte of it is decoded. Without
+that, a 16000×12000 frame reached Pillow's own decompression-bomb check, whose
+``DecompressionBombError`` is neither an ``OSError`` nor a ``ValueError``: ``camtrap detect``
+stopped mid-folder with a traceback and the trap's detect stage crashed on every burst holding
+it. Only JPEG (an MPO, a JPEG with extra pictures, opens through the JPEG plugin) and PNG are
+opened at all: cameras write JPEG, people hand ``camtrap detect`` a PNG now and then, and every
+other Pillow plugin is parser surface nobody here needs. Whatever the bytes, the door
+answers with a :class:`DecodedImage` or an :class:`~edge_app.core.errors.ImageError`.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -46,6 +59,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
+from edge_app.core.config import MAX_PIXELS_DEFAULT
 from edge_app.core.errors import ImageError
 
 try:  # libjpeg-turbo's scaled decode; optional (see the module docstring)
@@ -56,6 +70,10 @@ except ImportError:  # pragma: no cover - depends on the install
 log = logging.getLogger(__name__)
 
 _EOI = b"\xff\xd9"
+_SOI = b"\xff\xd8"
+_PNG = b"\x89PNG\r\n\x1a\n"
+FORMATS = ("JPEG", "PNG")
+"""The formats the door opens (see the module docstring)."""
 _ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90° (width ↔ height)
 
@@ -106,11 +124,44 @@ class DecodedImage:
 
 def _open(data: bytes) -> Image.Image:
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError as e:
-        raise ImageError("not a recognised image format") from e
+        raise ImageError("not a JPEG or PNG image") from e
+    except Image.DecompressionBombError as e:  # above Pillow's own hard limit (~179 MP)
+        raise ImageError(f"too many pixels: {e}") from e
     except (OSError, ValueError, SyntaxError) as e:  # Pillow plugins raise all three
         raise ImageError(f"cannot read image header: {e}") from e
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse an image of ``size`` (width, height) with more than ``max_pixels`` pixels.
+
+    Raises:
+        ImageError: saying the size and the limit (and the key that sets it).
+    """
+    w, h = size
+    if w * h > max_pixels:
+        raise ImageError(f"{w}x{h} is {w * h / 1e6:.1f} megapixels, more than "
+                         f"detector.max_pixels ({max_pixels / 1e6:.1f} MP); not decoded")
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header, before Pillow sees the data, or None if unsure.
+
+    A JPEG's via libjpeg-turbo's header parse; a PNG's from its IHDR chunk, which the format
+    requires first at a fixed place. Pillow's own open then never gets to warn about, or
+    refuse with its own exception, a size we refuse anyway.
+    """
+    if data.startswith(_PNG) and data[12:16] == b"IHDR" and len(data) >= 24:
+        w, h = struct.unpack(">II", data[16:24])
+        return int(w), int(h)
+    if _sj is None or not data.startswith(_SOI):
+        return None
+    try:
+        h, w, _, _ = _sj.decode_jpeg_header(data)
+    except ValueError:
+        return None  # Pillow gets its turn, and the error message
+    return int(w), int(h)
 
 
 def _draft_size(stored: tuple[int, int], orientation: int, target: tuple[int, int] | None,
@@ -166,7 +217,8 @@ def _decode_fast(data: bytes, draft: tuple[int, int] | None,
 
 def decode_image(src: bytes | Path, target: tuple[int, int] | None = None,
                  resize: Resize = "letterbox",
-                 buffer: DecodeBuffer | None = None) -> DecodedImage:
+                 buffer: DecodeBuffer | None = None,
+                 max_pixels: int = MAX_PIXELS_DEFAULT) -> DecodedImage:
     """Decode a JPEG/PNG (bytes or a path) to an upright RGB image.
 
     Args:
@@ -176,12 +228,14 @@ def decode_image(src: bytes | Path, target: tuple[int, int] | None = None,
         resize: how the image will be fitted to ``target`` (affects the scale needed).
         buffer: reuse this buffer for the pixels (the JPEG fast path); the previous image
             decoded into it becomes invalid.
+        max_pixels: refuse an image whose header says more pixels than this.
 
     Returns:
         The decoded image; ``truncated`` says whether the file was cut short.
 
     Raises:
-        ImageError: the file cannot be read or nothing decodable is in it.
+        ImageError: the file cannot be read, is not a JPEG or PNG, has more than
+            ``max_pixels`` pixels, or nothing decodable is in it.
     """
     if isinstance(src, Path):
         try:
@@ -194,7 +248,11 @@ def decode_image(src: bytes | Path, target: tuple[int, int] | None = None,
         raise ImageError("empty image data")
 
     truncated = False
+    header = _header_size(data)
+    if header is not None:  # before Pillow: its bomb check would raise its own error
+        check_pixels(header, max_pixels)
     im = _open(data)
+    check_pixels(im.size, max_pixels)
     try:
         orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
     except (OSError, ValueError, SyntaxError, TypeError):

@@ -1,4 +1,4 @@
-"""Model cards: the repo's cards, lookup order, validation and the sha256 gate."""
+"""Model cards: the packaged cards, lookup order, validation and the sha256 gate."""
 
 from __future__ import annotations
 
@@ -6,17 +6,21 @@ import hashlib
 import re
 import shutil
 import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import edge_app
 from edge_app.core.config import DetectorConfig
 from edge_app.core.errors import ModelError
 from edge_app.trap.detect.cards import (
     FORMATS,
+    PACKAGED_CARDS,
     REPO_MODELS,
     build_class_map,
+    card_dirs,
     find_card,
     load_card,
     load_labels,
@@ -26,12 +30,12 @@ from edge_app.trap.detect.cards import (
 )
 from edge_app.trap.detect.pipeline import DETECTOR_HEADS, Pipeline
 
-CARDS = sorted(p.stem for p in REPO_MODELS.glob("*.toml"))
+CARDS = sorted(p.stem for p in PACKAGED_CARDS.glob("*.toml"))
 YOLO = "yolov8n_coco_int8_640"
 
 
 def card_data(name: str = YOLO) -> dict[str, Any]:
-    return tomllib.loads((REPO_MODELS / f"{name}.toml").read_text())
+    return tomllib.loads((PACKAGED_CARDS / f"{name}.toml").read_text())
 
 
 def dump(data: dict[str, Any]) -> str:
@@ -60,7 +64,7 @@ def test_repo_has_a_card_for_every_model_in_the_pack() -> None:
 
 @pytest.mark.models
 def test_every_tflite_in_the_pack_has_a_card(models_dir: Path) -> None:
-    carded = {load_card(REPO_MODELS / f"{n}.toml").file for n in CARDS}
+    carded = {load_card(PACKAGED_CARDS / f"{n}.toml").file for n in CARDS}
     assert {p.name for p in models_dir.glob("*.tflite")} <= carded
 
 
@@ -91,16 +95,40 @@ def test_repo_cards_match_the_model_pack(name: str, models_dir: Path) -> None:
 def test_sha256_in_cards_matches_models_md(models_dir: Path) -> None:
     text = (models_dir / "MODELS.md").read_text()
     for name in CARDS:
-        card = load_card(REPO_MODELS / f"{name}.toml")
+        card = load_card(PACKAGED_CARDS / f"{name}.toml")
         m = re.search(rf"`{re.escape(card.file)}` \| ([0-9a-f]{{64}})", text)
         assert m is not None, card.file
         assert m.group(1) == card.sha256
 
 
-def test_models_dir_card_shadows_repo_card(tmp_path: Path) -> None:
-    (tmp_path / f"{YOLO}.toml").write_text((REPO_MODELS / f"{YOLO}.toml").read_text())
+def test_models_dir_card_shadows_packaged_card(tmp_path: Path) -> None:
+    (tmp_path / f"{YOLO}.toml").write_text((PACKAGED_CARDS / f"{YOLO}.toml").read_text())
     assert find_card(YOLO, tmp_path) == tmp_path / f"{YOLO}.toml"
-    assert find_card("mobilenet_v2_imagenet_uint8_224", tmp_path).parent == REPO_MODELS
+    assert find_card("mobilenet_v2_imagenet_uint8_224", tmp_path).parent == PACKAGED_CARDS
+    assert card_dirs(tmp_path) == [tmp_path, PACKAGED_CARDS]
+    assert card_dirs(None) == [PACKAGED_CARDS]
+
+
+def test_cards_are_package_data_not_a_repository_folder() -> None:
+    """The cards must sit inside the package, where a wheel install has them (issue 14).
+
+    They used to be read from ``<repo>/models``, which only an editable checkout has. The
+    wheel's contents are checked in tests/test_packaging.py; this pins the lookup itself.
+    """
+    package = Path(edge_app.__file__).resolve().parent
+    assert PACKAGED_CARDS.resolve().is_relative_to(package)
+    assert Path(str(resources.files("edge_app.trap.detect") / "model_cards")) == PACKAGED_CARDS
+    assert len(CARDS) >= 5
+    assert REPO_MODELS == PACKAGED_CARDS  # the old name still answers, with the new place
+    assert not list((package.parent / "models").glob("*.toml")), (
+        "a card in <repo>/models would not ship: put it in edge_app/trap/detect/model_cards")
+
+
+def test_unknown_card_names_the_paths_it_tried(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as e:
+        find_card("nope", tmp_path)
+    assert str(tmp_path / "nope.toml") in e.value.reason
+    assert str(PACKAGED_CARDS / "nope.toml") in e.value.reason
 
 
 def test_unknown_card_and_bad_names(tmp_path: Path) -> None:
@@ -205,7 +233,7 @@ def test_altered_model_is_refused_with_both_hashes(tmp_path: Path, models_dir: P
     bad[len(bad) // 2] ^= 0x01
     (tmp_path / f"{YOLO}.tflite").write_bytes(bytes(bad))
     shutil.copy(models_dir / "coco80_labels.txt", tmp_path)
-    (tmp_path / f"{YOLO}.toml").write_text((REPO_MODELS / f"{YOLO}.toml").read_text())
+    (tmp_path / f"{YOLO}.toml").write_text((PACKAGED_CARDS / f"{YOLO}.toml").read_text())
     actual = hashlib.sha256(bad).hexdigest()
     expected = hashlib.sha256(data).hexdigest()
     with pytest.raises(ModelError) as e:

@@ -16,17 +16,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge_app.core.models_dir import SEARCH_HELP
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``camtrap models``."""
     sub = p.add_subparsers(dest="models_action", required=True)
     ls = sub.add_parser("ls", help="list the model cards and whether their files are present")
-    ls.add_argument("--models", help="model folder (else CAMTRAP_MODELS)")
+    ls.add_argument("--models", help=SEARCH_HELP)
     ls.add_argument("--json", action="store_true", help="one JSON object per card")
     v = sub.add_parser("verify", help="check every present model against its card")
-    v.add_argument("dir", nargs="?", metavar="DIR", help="model folder (else --models or "
-                   "CAMTRAP_MODELS)")
-    v.add_argument("--models", help="model folder (same as DIR)")
+    v.add_argument("dir", nargs="?", metavar="DIR", help="model folder (same as --models)")
+    v.add_argument("--models", help=SEARCH_HELP)
     v.add_argument("--card", action="append", metavar="NAME",
                    help="also require this card's file to be present (repeatable)")
     v.add_argument("--json", action="store_true", help="one JSON object per card")
@@ -58,7 +59,7 @@ def list_cards(models_dir: Path | None) -> list[tuple[Path, Any]]:
 
 def _ls(args: argparse.Namespace) -> int:
     from edge_app.core.errors import ModelError
-    from edge_app.trap.detect.pipeline import resolve_models_dir
+    from edge_app.core.models_dir import resolve_models_dir
 
     try:
         models_dir: Path | None = resolve_models_dir(args.models, "")
@@ -123,45 +124,59 @@ def verify_card(card: Any, models_dir: Path) -> str:
 
 def _verify(args: argparse.Namespace) -> int:
     from edge_app.core.errors import ModelError
-    from edge_app.trap.detect.pipeline import resolve_models_dir
+    from edge_app.core.models_dir import resolve_models_dir
+    from edge_app.trap.detect.cards import PACKAGED_CARDS, card_dirs
 
     models_dir = resolve_models_dir(args.dir or args.models, "")
     required = set(args.card or [])
     failed = checked = 0
     names = set()
-    for path, card in list_cards(models_dir):
+    cards = list_cards(models_dir)
+    if not args.json:  # which cards it knows, and from where (a site's own, or camtrap's)
+        for d in card_dirs(models_dir):
+            n = sum(1 for path, _ in cards if path.parent == d)
+            print(f"{n} card(s) in {d}" + (" (shipped with camtrap)" if d == PACKAGED_CARDS
+                                            else " (the models folder's own)"))
+    looked_for: list[str] = []
+    for path, card in cards:
         names.add(path.stem)
         if isinstance(card, ModelError):
             failed += 1
-            _report(args.json, path.stem, "invalid", card.reason)
+            _report(args.json, path.stem, "invalid", card.reason, path)
             continue
-        if not (models_dir / card.file).is_file():
+        file = models_dir / card.file
+        looked_for.append(str(file))
+        if not file.is_file():
             if card.name in required:
                 failed += 1
-                _report(args.json, card.name, "missing", f"{card.file} not in {models_dir}")
+                _report(args.json, card.name, "missing", f"{file} not found", path)
             else:
-                _report(args.json, card.name, "skipped", f"{card.file} not in {models_dir}")
+                _report(args.json, card.name, "skipped", f"{file} not found", path)
             continue
         checked += 1
         try:
-            _report(args.json, card.name, "ok", verify_card(card, models_dir))
+            _report(args.json, card.name, "ok", f"{file}: {verify_card(card, models_dir)}",
+                    path)
         except ModelError as e:
             failed += 1
-            _report(args.json, card.name, "failed", str(e))
+            _report(args.json, card.name, "failed", str(e), path)
     for name in sorted(required - names):
         failed += 1
         _report(args.json, name, "missing", "no such card")
     if not args.json:
         print(f"{checked} model(s) checked in {models_dir}, {failed} problem(s)")
     if checked == 0 and not failed:
-        print(f"models verify: no model file of any card is in {models_dir}", file=sys.stderr)
+        print(f"models verify: no model file of any card is in {models_dir} (looked for "
+              f"{', '.join(looked_for) or 'nothing: no card'})", file=sys.stderr)
         return 2
     return 2 if failed else 0
 
 
-def _report(as_json: bool, name: str, status: str, detail: str) -> None:
+def _report(as_json: bool, name: str, status: str, detail: str,
+            card_path: Path | None = None) -> None:
     if as_json:
-        print(json.dumps({"card": name, "status": status, "detail": detail}))
+        print(json.dumps({"card": name, "status": status, "detail": detail,
+                          "card_path": None if card_path is None else str(card_path)}))
     else:
         print(f"{name:40s} {status.upper():8s} {detail}")
 

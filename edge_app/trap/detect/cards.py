@@ -9,7 +9,10 @@ label file and how the model's labels map onto camtrap's categories and species.
 Only the card is code-reviewed; the model file and label file live in the models folder
 (``--models``/``detector.models_dir``/``CAMTRAP_MODELS``) because they are large and some are
 AGPL-licensed. Cards are looked up first in that folder (so a site can drop in its own model
-with its own card) and then in the repository's ``models/`` folder.
+with its own card) and then among the cards shipped inside the package
+(``edge_app/trap/detect/model_cards``, package data). They ship in the wheel, not beside the
+source tree, because a unit runs a plain ``pip install`` of the wheel: there is no repository
+next to it, and a folder of model files must be all it needs.
 
 New output formats plug in through :data:`FORMATS`: a format names the task it serves and the
 extra ``[output]`` keys it accepts (with types and defaults). The loader validates cards
@@ -58,13 +61,13 @@ import threading
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
-import edge_app
 from edge_app.core.errors import ModelError
 from edge_app.core.events import CATEGORIES, SPECIES, Category, Species
 
@@ -73,8 +76,16 @@ log = logging.getLogger(__name__)
 Task = Literal["detector", "classifier", "embedding"]
 TASKS: tuple[Task, ...] = ("detector", "classifier", "embedding")
 CARD_SCHEMA = 1
-REPO_MODELS = Path(edge_app.__file__).resolve().parents[1] / "models"
-"""The repository's own cards (``<repo>/models``), searched after the models folder."""
+PACKAGED_CARDS = Path(str(resources.files("edge_app.trap.detect") / "model_cards"))
+"""The cards shipped in the package, searched after the models folder.
+
+Found through :mod:`importlib.resources` so that an installed wheel, an sdist build and an
+editable checkout all read the same files (declared as package data in ``pyproject.toml``;
+``tests/test_packaging.py`` checks the built wheel holds them). pip unpacks wheels, so this is
+a real folder; a zipped import is not a supported way to run camtrap.
+"""
+REPO_MODELS = PACKAGED_CARDS
+"""Former name of :data:`PACKAGED_CARDS` (the cards used to live in ``<repo>/models``)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -443,14 +454,14 @@ def load_card(path: Path) -> ModelCard:
 
 
 def card_dirs(models_dir: Path | None) -> list[Path]:
-    """Where cards are searched, in order: the models folder, then the repository's cards."""
+    """Where cards are searched, in order: the models folder, then the packaged cards."""
     dirs = [models_dir] if models_dir is not None else []
-    dirs.append(REPO_MODELS)
+    dirs.append(PACKAGED_CARDS)
     return dirs
 
 
 def find_card(name: str, models_dir: Path | None) -> Path:
-    """Find the card called ``name``: ``<models_dir>/<name>.toml`` first, then ``models/``.
+    """Find the card called ``name``: ``<models_dir>/<name>.toml`` first, then the package's.
 
     The models folder wins so that a site can pin its own model (or a re-export of the same
     one) without touching the installed package.

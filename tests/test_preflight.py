@@ -270,13 +270,29 @@ def test_storage_probe_failures_name_the_key_and_leave_nothing(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
-def test_storage_probe_sees_permission_bits(tmp_path: Path) -> None:
+def test_storage_probe_sees_a_folder_it_cannot_write(tmp_path: Path) -> None:
+    """A folder the trap cannot write is refused. Root writes through permission bits, so
+    under root (CI) the folder is a read-only tmpfs; otherwise it is mode 0555."""
+    import subprocess
+
     ro = tmp_path / "ro"
-    ro.mkdir(mode=0o500)
-    with pytest.raises(ConfigError, match="not writable"):
-        preflight.check_writable("storage.root", ro / "data")
-    assert list(ro.iterdir()) == []
+    ro.mkdir()
+    mounted = False
+    if os.geteuid() == 0:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 0, f"cannot mount a read-only tmpfs as root: {r.stderr}"
+        mounted = True
+    else:
+        ro.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match="not writable"):
+            preflight.check_writable("storage.root", ro / "data")
+        assert list(ro.iterdir()) == []
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(ro)], capture_output=True, check=False)
+        ro.chmod(0o755)
 
 
 # --------------------------------------------------------------------------- interpreter-only

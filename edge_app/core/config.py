@@ -32,7 +32,8 @@ import re
 import tomllib
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from collections.abc import Iterator
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -539,22 +540,21 @@ def parse(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def _leaves(cls: type[Any] = Config, prefix: str = "") -> Iterator[tuple[str, Field[Any], Any]]:
+    """Every leaf setting of the schema: (dotted key, dataclass field, type), in file order."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            yield from _leaves(tp, key)  # type: ignore[arg-type]
+        else:
+            yield key, f, tp
+
+
 def path_keys() -> list[str]:
     """The dotted keys that name a file or folder (``path`` in their metadata)."""
-    out: list[str] = []
-
-    def walk(cls: type[Any], prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            key = f"{prefix}.{f.name}" if prefix else f.name
-            tp = hints[f.name]
-            if is_dataclass(tp):
-                walk(tp, key)  # type: ignore[arg-type]
-            elif f.metadata.get("path"):
-                out.append(key)
-
-    walk(Config, "")
-    return out
+    return [key for key, f, _tp in _leaves() if f.metadata.get("path")]
 
 
 def resolve_paths(cfg: Config, base: Path) -> Config:
@@ -600,25 +600,15 @@ def load(path: str | os.PathLike[str]) -> Config:
 def explain() -> list[str]:
     """Every key with its default and doc line, for ``check-config --explain`` and the README."""
     out: list[str] = []
-
-    def walk(cls: type[Any], prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            key = f"{prefix}.{f.name}" if prefix else f.name
-            tp = hints[f.name]
-            if is_dataclass(tp):
-                walk(tp, key)  # type: ignore[arg-type]
-                continue
-            if f.default is not MISSING:
-                default = f.default
-            elif f.default_factory is not MISSING:
-                default = f.default_factory()
-            else:  # pragma: no cover - every field has a default
-                default = None
-            doc = f.metadata.get("doc", "")
-            if f.metadata.get("path"):
-                doc = f"{doc}; {PATH_NOTE}"
-            out.append(f"{key} = {default!r}  # {_typename(tp)}; {doc}")
-
-    walk(Config, "")
+    for key, f, tp in _leaves():
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:  # pragma: no cover - every field has a default
+            default = None
+        doc = f.metadata.get("doc", "")
+        if f.metadata.get("path"):
+            doc = f"{doc}; {PATH_NOTE}"
+        out.append(f"{key} = {default!r}  # {_typename(tp)}; {doc}")
     return out

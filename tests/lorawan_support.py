@@ -64,10 +64,12 @@ def add_alert(cfg: config.Config, ts: float, *, label: str = "animal",
                 id=event_id, unit=cfg.unit.id, seq=seq, ts=ts, outcome="alert", label=label,
                 species=species, score=score, audit=False, reason="test",
                 event_json=json.dumps(event), image_path=None, thumb_path=None, created=ts))
-            if mqtt_row:
-                Outbox(conn, FakeClock(start_wall=ts), cfg.outbox).enqueue(
-                    Kind.ALERT, f"camtrap/{cfg.unit.id}/event", payload=json.dumps(event).encode(),
-                    event_id=event_id, now=ts)
+            # As the store queues it: one row per link (the LoRa row if LoRa is on).
+            box = Outbox(conn, FakeClock(start_wall=ts), cfg.outbox)
+            for link in (["lorawan"] if cfg.lorawan.enabled else []) + (["mqtt"] if mqtt_row
+                                                                        else []):
+                box.enqueue(Kind.ALERT, link=link, payload=json.dumps(event).encode(),
+                            event_id=event_id, now=ts)
         return event_id
     finally:
         conn.close()
@@ -77,8 +79,8 @@ def mark_mqtt_sent(cfg: config.Config, event_id: str) -> None:
     """What the MQTT link does when the broker confirmed the alert."""
     conn = open_db(db_path(cfg.storage.root))
     try:
-        conn.execute("UPDATE outbox SET state = 'sent' WHERE event_id = ? AND kind = 'alert'",
-                     (event_id,))
+        conn.execute("UPDATE outbox SET state = 'sent' WHERE event_id = ? AND kind = 'alert' "
+                     "AND link = 'mqtt'", (event_id,))
     finally:
         conn.close()
 
@@ -86,7 +88,9 @@ def mark_mqtt_sent(cfg: config.Config, event_id: str) -> None:
 def lora_rows(cfg: config.Config) -> dict[str, sqlite3.Row]:
     conn = open_db(db_path(cfg.storage.root))
     try:
-        return {r["event_id"]: r for r in conn.execute("SELECT * FROM lora_tx")}
+        return {r["event_id"]: r for r in conn.execute(  # the LoRa rows of the outbox
+            "SELECT o.*, e.ts AS event_ts FROM outbox o JOIN events e ON e.id = o.event_id "
+            "WHERE o.link = 'lorawan'")}
     finally:
         conn.close()
 

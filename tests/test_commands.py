@@ -112,7 +112,7 @@ def test_media_request_queues_the_missing_chunks_of_a_stored_file(trap: Trap) ->
     assert row is not None
     assert row.kind == "image"
     assert row.chunks == [0]
-    assert row.topic == "camtrap/T-1/media/T-1-1-image"
+    assert (row.link, row.media_id) == ("mqtt", "T-1-1-image")  # the link renders the topic
     assert row.state == State.READY
     # Chunked with another size (the trap's chunk size changed): the whole file again.
     r = trap.run("media/request", {"id": "m3", "media": "T-1-1-image", "chunks": [7],
@@ -161,3 +161,26 @@ def test_a_stored_setting_that_became_invalid_is_skipped(trap: Trap) -> None:
     assert cfg.camera.burst_frames == 3  # 99 is out of range: the file's value stays
     assert cfg.storage.root == str(trap.store.root)  # never settable remotely
     assert cfg.policy.empty_below == 0.2
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"id": "n1", "values": {"detector.score_threshold": NaN}}',
+    b'{"id": "n1", "values": {"policy.empty_below": Infinity}}',
+    b'{"id": "n1", "values": {"policy.empty_below": -1e999}}',
+])
+def test_non_finite_values_are_refused_and_answered_under_their_id(
+        trap: Trap, payload: bytes) -> None:
+    r = trap.run("config/set", payload)
+    assert r["ok"] is False
+    assert r["id"] == "n1"
+    assert r["refused"] == "non_finite"
+    json.dumps(r, allow_nan=False)  # the answer itself is valid JSON
+    assert trap.applied == []
+    assert trap.commands.refusals.snapshot() == {"non_finite": 1}
+
+
+def test_a_deep_payload_is_refused_not_raised(trap: Trap) -> None:
+    r = trap.run("config/set", b"[" * 100_000 + b"]" * 100_000)
+    assert r["ok"] is False
+    assert r["refused"] in {"too_large", "too_deep"}
+    assert trap.run("config/set", {"id": "ok1", "values": {"camera.burst_frames": 4}})["ok"]

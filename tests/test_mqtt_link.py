@@ -651,7 +651,7 @@ def test_an_alert_queued_during_an_image_transfer_overtakes_it(
 def test_a_message_larger_than_the_broker_accepts_is_dead_not_retried_forever(
     store: EventStore, broker: Broker
 ) -> None:
-    big = store.outbox.enqueue("alert", "camtrap/T-1/event", payload=b"x" * 300_000)
+    big = store.outbox.enqueue("alert", payload=b"x" * 300_000)
     run = RunningLink(store.cfg, store.db_path)
     try:
         wait_for(lambda: store.outbox.get(big).state == State.DEAD,  # type: ignore[union-attr]

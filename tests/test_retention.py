@@ -145,3 +145,37 @@ def test_the_reserve_is_released_only_when_nothing_else_can_go(tmp_path: Path) -
     os.unlink(reserve)
     card.fill(2 * 1024 * 1024)
     assert not guard.ensure_reserve()  # never makes the card low by itself
+
+
+def test_housekeeping_expires_and_purges_the_outbox_with_mqtt_off(tmp_path: Path) -> None:
+    """Expiry and purging are the store's, not the MQTT link's: a LoRa-only unit runs them."""
+    from edge_app.core.clock import FakeClock
+    from edge_app.trap.store.retention import Housekeeper
+    from edge_app.trap.store.upkeep import DEAD_RETENTION_S, SENT_RETENTION_S, OutboxUpkeep
+
+    clock = FakeClock()
+    cfg = make_cfg(tmp_path / "data", mqtt={"enabled": False}, lorawan={"enabled": True},
+                   outbox={"status_expiry_s": 60.0},
+                   storage={"min_free_mb": 0.0, "reserve_mb": 0.0})
+    with EventStore(cfg, clock) as store:
+        store.record(*burst_and_verdict("alert"))
+        box, conn = store.outbox, store._conn
+        assert conn is not None
+        [lora] = box.ls(10)
+        assert (lora.link, lora.kind) == ("lorawan", "alert")
+        status = box.enqueue("status", link="lorawan", payload=b"{}")
+        box.mark_sent(lora.id, confirmed=True)
+        keeper, upkeep = Housekeeper(cfg, clock), OutboxUpkeep(conn, clock, cfg.outbox)
+        clock.advance(61)
+        keeper.check(conn, upkeep)
+        row = box.get(status)
+        assert row is not None
+        assert (row.state, row.last_error) == (State.DEAD, "expired")
+        clock.advance(SENT_RETENTION_S)
+        keeper.check(conn, upkeep)
+        assert box.get(lora.id) is None  # delivered a week ago: purged
+        assert box.get(status) is not None  # given up rows stay longer, for a technician
+        clock.advance(DEAD_RETENTION_S)
+        keeper.check(conn, upkeep)
+        assert box.ls(10) == []
+        assert store.catalog.get("T-1-1") is not None  # the catalogue is never purged

@@ -183,8 +183,8 @@ def store(tmp_path: Path) -> Iterator[EventStore]:
     s.close()
 
 
-def outbox_rows(store: EventStore) -> list[tuple[str, str | None, str]]:
-    return [(r.kind, r.event_id, r.topic) for r in store.outbox.ls(100)]
+def outbox_rows(store: EventStore) -> list[tuple[str, str | None, str, str | None]]:
+    return [(r.kind, r.event_id, r.link, r.media_id) for r in store.outbox.ls(100)]
 
 
 def test_alert_writes_media_then_catalogue_and_outbox_together(store: EventStore) -> None:
@@ -230,10 +230,10 @@ def test_alert_writes_media_then_catalogue_and_outbox_together(store: EventStore
     assert kinds["thumb"]["bytes"] == (store.root / row.thumb_path).stat().st_size
     assert not any(p.name.startswith(TEMP_PREFIX) for p in store.root.rglob("*"))
 
-    assert outbox_rows(store) == [
-        ("alert", "T-1-1", "camtrap/T-1/event"),
-        ("thumb", "T-1-1", "camtrap/T-1/media/T-1-1-thumb"),
-        ("image", "T-1-1", "camtrap/T-1/media/T-1-1-image"),
+    assert outbox_rows(store) == [  # what, and over which link; never a topic
+        ("alert", "T-1-1", "mqtt", None),
+        ("thumb", "T-1-1", "mqtt", "T-1-1-thumb"),
+        ("image", "T-1-1", "mqtt", "T-1-1-image"),
     ]
     alert = store.outbox.ls(1)[0]
     assert alert.payload is not None
@@ -256,7 +256,7 @@ def test_keep_queues_its_event_and_thumbnail_but_not_the_image(store: EventStore
     rec = store.record(*burst_and_verdict("keep", "animal", None, 0.3))
     assert rec is not None
     assert rec.event["outcome"] == "keep"
-    assert [k for k, _, _ in outbox_rows(store)] == ["event", "thumb"]
+    assert [k for k, *_ in outbox_rows(store)] == ["event", "thumb"]
 
 
 def test_discards_are_counted_and_one_in_n_kept_as_an_unsent_audit(tmp_path: Path) -> None:
@@ -306,7 +306,27 @@ def test_an_unwritable_media_folder_does_not_cost_the_alert(tmp_path: Path) -> N
         rec = s.record(*burst_and_verdict("alert"))
         assert rec is not None
         assert rec.event["media"] == []
-        assert [k for k, _, _ in outbox_rows(s)] == ["alert"]
+        assert [k for k, *_ in outbox_rows(s)] == ["alert"]
+
+
+@pytest.mark.parametrize(("mqtt", "lora", "rows"), [
+    (True, True, [("alert", "lorawan"), ("alert", "mqtt"), ("thumb", "mqtt"),
+                  ("image", "mqtt")]),
+    (False, True, [("alert", "lorawan")]),  # LoRa only: no MQTT rows, no topics, no media
+    (False, False, [("alert", "mqtt"), ("thumb", "mqtt"), ("image", "mqtt")]),  # no link on:
+    # held for MQTT, so that nothing decided is lost
+])
+def test_rows_are_queued_per_enabled_link(
+    tmp_path: Path, mqtt: bool, lora: bool, rows: list[tuple[str, str]]
+) -> None:
+    cfg = make_cfg(tmp_path, mqtt={"enabled": mqtt}, lorawan={"enabled": lora})
+    with EventStore(cfg, FakeClock()) as s:
+        s.record(*burst_and_verdict("alert"))
+        s.record(*burst_and_verdict("keep", "animal", None, 0.3))  # keeps never go over LoRa
+        got = [(r.kind, r.link) for r in s.outbox.ls(100) if r.event_id == "T-1-1"]
+        assert sorted(got) == sorted(rows)
+        assert all(r.link == "mqtt" for r in s.outbox.ls(100) if r.event_id == "T-1-2")
+        assert s.catalog.counts()["alert"] == 1
 
 
 def test_outbox_depth_works_from_another_connection(store: EventStore) -> None:

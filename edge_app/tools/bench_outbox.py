@@ -125,7 +125,8 @@ def run_bench(exe: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         stop.set()
         link.wake()
-        uplink.join(10)
+        if uplink.is_alive():
+            uplink.join(10)
         if receiver is not None:
             _stop(receiver)
         broker.stop()
@@ -224,7 +225,6 @@ class _Queuer:
         self.conn = open_db(db)
         self.catalog = Catalog(self.conn)
         self.outbox = Outbox(self.conn, SystemClock(), cfg.outbox)
-        self.topic = f"{cfg.mqtt.topic_prefix}/{cfg.unit.id}/event"
 
     def _one(self) -> str:
         from edge_app.trap.store.catalog import EventRecord
@@ -241,7 +241,7 @@ class _Queuer:
             id=event_id, unit=unit, seq=seq, ts=now, outcome="alert", label="animal",
             species="leopard", score=0.9, audit=False, reason="bench", event_json=payload,
             image_path=None, thumb_path=None, created=now))
-        self.outbox.enqueue("alert", self.topic, payload=payload.encode(), event_id=event_id,
+        self.outbox.enqueue("alert", payload=payload.encode(), event_id=event_id,
                             now=now)
         return event_id
 

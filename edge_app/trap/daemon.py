@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 from edge_app import __version__
 from edge_app.core.clock import Clock, SystemClock
 from edge_app.core.config import Config
-from edge_app.core.errors import StorageError
+from edge_app.core.errors import ConfigError, ModelError, StorageError
 from edge_app.core.events import Burst, FrameResult, TriggerEvent, Verdict
 from edge_app.trap.capture import capture_burst
 from edge_app.trap.detect.background import BackgroundMemory
-from edge_app.trap.detect.pipeline import Pipeline, resolve_models_dir
+from edge_app.trap.detect.pipeline import Pipeline
 from edge_app.trap.detect.policy import decide
 from edge_app.trap.hardware.factory import make_camera, make_sim_world
 from edge_app.trap.hardware.trigger import PirTrigger, make_pin_factory
@@ -123,7 +123,8 @@ class App:
                      settings=self.settings)
             if cfg.mqtt.enabled else None
         )
-        # LoRaWAN alerts (issue 5): its own stage, fed from the catalogue; see uplink/router.py.
+        # LoRaWAN alerts (issue 5): its own stage, fed by the outbox's LoRa rows (the store
+        # queues one per alert when lorawan.enabled); see uplink/router.py.
         self.lora: LoraRouter | None = self._make_lora() if cfg.lorawan.enabled else None
         self.triggers: StageQueue[TriggerEvent] = StageQueue("triggers", 8)
         self.bursts: StageQueue[Burst] = StageQueue("bursts", 4)
@@ -329,7 +330,7 @@ class App:
         """
         self.cfg = cfg
         self.store.cfg = cfg
-        self.pipeline.cfg = cfg.detector
+        self.pipeline.apply(cfg.detector)
 
     def _make_lora(self) -> LoraRouter:
         """The LoRaWAN router (imported only when enabled); keys are checked here, so a loose
@@ -353,8 +354,7 @@ class App:
         return LoraRouter(
             self.cfg, self.store.db_path, self.clock,
             mqtt_connected=None if link is None else lambda: link.state is LinkState.CONNECTED,
-            status_source=status,
-            on_settings=lambda values: self.settings.apply(values, "lorawan"))
+            status_source=status, settings=self.settings)  # set_threshold: settings.apply
 
     def stats_extra(self) -> dict[str, Any]:
         """The daemon's part of the stats message (uplink thread): counters, last 24 h, models."""
@@ -378,10 +378,32 @@ class App:
 def run_daemon(cfg: Config, models: str | None = None) -> int:
     """``camtrap run``: run until SIGTERM/SIGINT or a stage gives up.
 
+    Everything the trap needs from the machine is checked first, by the same code as
+    ``camtrap check-config`` (:mod:`edge_app.trap.preflight`), before ``App`` creates the
+    storage folder or the database; if ``App`` still fails (the interpreter refuses a model
+    its card describes wrongly), what it created in the storage folder is removed again. A
+    start that fails leaves nothing behind.
+
     Returns:
         0 after a clean stop, 1 if a stage used up its restart budget (systemd restarts us).
+
+    Raises:
+        ConfigError: a check failed (the CLI exits 2 naming the key).
     """
-    app = App(cfg, resolve_models_dir(models, cfg.detector.models_dir))
+    from edge_app.trap.preflight import StartUndo, check, model_key
+
+    ready = check(cfg, models)
+    for note in ready.notes:
+        logger.warning("%s", note)
+    undo = StartUndo(Path(cfg.storage.root))
+    try:
+        app = App(cfg, ready.models_dir)
+    except ModelError as e:  # only the interpreter sees it: after the store's mkdir
+        undo.undo()
+        raise ConfigError(model_key(cfg, ready.models_dir, e), str(e)) from None
+    except BaseException:
+        undo.undo()
+        raise
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal %d: stopping", signum)

@@ -1,9 +1,10 @@
 """``camtrap outbox {ls,stats,purge}``: what is waiting to leave the trap, for a technician.
 
 Safe to run while the daemon is running: it opens its own connection, and WAL lets it read
-while the daemon writes. ``purge`` deletes only finished rows (``sent``, and ``dead`` when
-asked); purging rows that are still waiting (``ready``, ``inflight``, ``acked-by-broker``)
-throws alerts away and is refused here — an operator who means it can use SQLite directly.
+while the daemon writes. ``purge`` deletes only finished rows (``sent``; ``dead`` and
+``skipped`` when asked); purging rows that are still waiting (``ready``, ``inflight``,
+``acked-by-broker``) throws alerts away and is refused here — an operator who means it can use
+SQLite directly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from edge_app.core.errors import StorageError
 from edge_app.trap.store.db import db_path, open_db
 from edge_app.trap.store.outbox import UNSENT_STATES, Kind, Outbox, State
 from edge_app.trap.store.retention import MB, DiskGuard
+from edge_app.trap.store.upkeep import OutboxUpkeep
 
 
 def outbox_command(
@@ -68,9 +70,9 @@ def outbox_command(
                 when = rfc3339(row.next_attempt_at) if row.state in (
                     State.READY, State.ACKED) else ""
                 err = f"  ({row.last_error})" if row.last_error else ""
-                out.write(f"{row.id:>6}  {row.state:<15} {row.kind:<6} "
+                out.write(f"{row.id:>6}  {row.state:<15} {row.kind:<6} {row.link:<8}"
                           f"{row.event_id or '-':<16} tries {row.attempts:<3} {when:<29} "
-                          f"{row.topic}  {size}{err}\n")
+                          f"{size}{err}\n")
         elif action == "stats":
             _stats(cfg, box, out, as_json)
         elif action == "purge":
@@ -80,7 +82,7 @@ def outbox_command(
                 print(f"camtrap outbox: refusing to purge rows still to be delivered "
                       f"({', '.join(unsent)})", file=sys.stderr)
                 return 2
-            n = box.purge(wanted, older_than_s=older_than_s)
+            n = OutboxUpkeep(conn, SystemClock(), cfg.outbox).purge(wanted, older_than_s)
             out.write(json.dumps({"purged": n}) + "\n" if as_json
                       else f"purged {n} {'/'.join(wanted)} message(s)\n")
         else:

@@ -11,8 +11,11 @@ uplink thread, each on its own connection, wait for each other's short write tra
 instead of failing with ``database is locked``.
 
 Schema versions: v1 (the first release) had no ``acked-by-broker`` outbox state, no per-row
-chunk list and no ``settings`` table. :func:`open_db` upgrades an older database in place, in
-one transaction, so a unit in the field keeps its queued alerts across a software update.
+chunk list and no ``settings`` table; v2 outbox rows carried MQTT topics, and the LoRa router
+kept its queue in tables of its own outside the versioning; v3 has one transport-neutral
+outbox (a ``link`` per row) and every table of every link in this schema. :func:`open_db`
+upgrades an older database in place, in one transaction, so a unit in the field keeps its
+queued alerts across a software update.
 
 Connections are opened in autocommit mode (``isolation_level=None``); multi-statement writes go
 through :func:`transaction`, which issues ``BEGIN IMMEDIATE`` so that a writer takes the lock up
@@ -33,14 +36,19 @@ from edge_app.core.errors import StorageError
 logger = logging.getLogger(__name__)
 
 DB_NAME = "camtrap.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 
-# The outbox table of schema v2, as a template so the v1 → v2 migration can build it under a
-# temporary name. State ``acked-by-broker``: the broker sent PUBACK, and the row waits for the
-# receiver's end-to-end receipt (or its timeout, ``next_attempt_at``). ``chunks``: for a media
-# row, a JSON list of the chunk indices still to send (NULL: all of them).
-_OUTBOX_TABLE = """
+# -- the outbox, per schema version ----------------------------------------------------------
+#
+# Each version's table is kept as written, as a template: a migration builds the next version
+# under a temporary name, copies the rows and renames it (SQLite cannot alter a CHECK
+# constraint or drop a NOT NULL column in place).
+
+# v2: state ``acked-by-broker`` (the broker sent PUBACK, the row waits for the receiver's
+# end-to-end receipt or its timeout, ``next_attempt_at``); ``chunks``: for a media row, a JSON
+# list of the chunk indices still to send (NULL: all of them). Rows carried MQTT topics.
+_OUTBOX_V2 = """
 CREATE TABLE IF NOT EXISTS {name} (
     id              INTEGER PRIMARY KEY,
     event_id        TEXT REFERENCES events (id) ON DELETE CASCADE,
@@ -64,18 +72,73 @@ CREATE TABLE IF NOT EXISTS {name} (
 );
 """
 
+# v3, transport-neutral: a row says *what* to deliver (kind, payload or media file, event id)
+# and *over which link* (``link``); each link renders its wire form (MQTT topic and chunks, the
+# 11-byte LoRa alert) at send time, so nothing in a row depends on a link's settings. State
+# ``skipped``: not needed on this link any more because another link delivered it (LoRa in
+# fallback mode). ``confirmed``: LoRa only, 1 for an ACKed confirmed uplink, 0 for an
+# unconfirmed one. Images, thumbnails and event JSON never go over LoRa (the last CHECK).
+_OUTBOX_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    id              INTEGER PRIMARY KEY,
+    event_id        TEXT REFERENCES events (id) ON DELETE CASCADE,
+    kind            TEXT NOT NULL
+                    CHECK (kind IN ('alert', 'status', 'event', 'thumb', 'image')),
+    link            TEXT NOT NULL CHECK (link IN ('mqtt', 'lorawan')),
+    priority        INTEGER NOT NULL,
+    payload         BLOB,
+    media_path      TEXT,
+    created         REAL NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    expires_at      REAL,
+    state           TEXT NOT NULL DEFAULT 'ready'
+                    CHECK (state IN ('ready', 'inflight', 'acked-by-broker', 'sent', 'skipped',
+                                     'dead')),
+    inflight_since  REAL,
+    done_at         REAL,
+    last_error      TEXT,
+    chunks          TEXT,
+    confirmed       INTEGER,
+    CHECK (payload IS NOT NULL OR media_path IS NOT NULL),
+    CHECK (link = 'mqtt' OR kind IN ('alert', 'status'))
+);
+"""
+
 _OUTBOX_INDEXES = """
-CREATE INDEX IF NOT EXISTS outbox_service ON outbox (state, priority, id);
+CREATE INDEX IF NOT EXISTS outbox_service ON outbox (link, state, priority, id);
 CREATE INDEX IF NOT EXISTS outbox_event ON outbox (event_id);
-CREATE INDEX IF NOT EXISTS outbox_timer ON outbox (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_timer ON outbox (link, state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_done ON outbox (state, done_at);
 """
 
 _V1_OUTBOX_COLUMNS = (
     "id, event_id, kind, priority, topic, payload, media_path, created, attempts, "
     "next_attempt_at, expires_at, state, inflight_since, done_at, last_error"
 )
+_V2_TO_V3_COLUMNS = (
+    "id, event_id, kind, priority, payload, media_path, created, attempts, next_attempt_at, "
+    "expires_at, state, inflight_since, done_at, last_error, chunks"
+)
 
-_SCHEMA = """
+# The LoRa duty-cycle ledger (trap/uplink/airtime.py): airtime spent, per transmission, kept
+# two days so that a restart cannot re-spend the regulatory budget.
+AIRTIME_TABLE = """
+CREATE TABLE IF NOT EXISTS lora_airtime (
+    id        INTEGER PRIMARY KEY,
+    ts        REAL NOT NULL,
+    band      TEXT NOT NULL,
+    airtime_s REAL NOT NULL,
+    kind      TEXT NOT NULL,
+    downlink  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS lora_airtime_ts ON lora_airtime (ts);
+"""
+
+# Catalogue, counters and settings: unchanged since v1 (``settings`` since v2).
+_BASE = """
+-- Key/value state of the store and the links: 'schema_version'; 'lorawan.<key>' for the LoRa
+-- link's own state (last status time, mode and interval set by downlink).
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -113,14 +176,16 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 
--- Remote configuration changes (``config/set`` commands), applied over the TOML file at start.
+-- Remote configuration changes (trap/settings.py), applied over the TOML file at start.
 CREATE TABLE IF NOT EXISTS settings (
     key     TEXT PRIMARY KEY,
     value   TEXT NOT NULL,  -- JSON
     updated REAL NOT NULL,
     source  TEXT NOT NULL DEFAULT ''
 );
-""" + _OUTBOX_TABLE.format(name="outbox") + _OUTBOX_INDEXES
+"""
+
+_SCHEMA = _BASE + _OUTBOX_TABLE.format(name="outbox") + _OUTBOX_INDEXES + AIRTIME_TABLE
 
 
 def db_path(root: str | os.PathLike[str]) -> Path:
@@ -209,7 +274,8 @@ def _migrate(conn: sqlite3.Connection, p: Path) -> int:
     """Upgrade an older database to :data:`SCHEMA_VERSION` in one transaction.
 
     The version is read again inside the write transaction: the store and uplink threads open
-    the database at the same time, and only the first of them may migrate.
+    the database at the same time, and only the first of them may migrate. The steps run in
+    order (v1 → v2 → v3), each against the tables as that version left them.
 
     Returns:
         The schema version afterwards.
@@ -217,24 +283,29 @@ def _migrate(conn: sqlite3.Connection, p: Path) -> int:
     Raises:
         StorageError: the upgrade failed; the database is left as it was.
     """
+    start = 0
     try:
         with transaction(conn):
-            version = _read_version(conn) or 0
+            version = start = _read_version(conn) or 0
             if version == 1:
                 _migrate_1_to_2(conn)
                 version = 2
+            if version == 2:
+                _migrate_2_to_3(conn)
+                version = 3
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(version),))
     except sqlite3.Error as e:
         raise StorageError(f"cannot upgrade the schema of {p}: {e}") from e
-    logger.info("database %s upgraded to schema version %d", p, version)
+    if version != start:
+        logger.info("database %s upgraded from schema version %d to %d", p, start, version)
     return version
 
 
 def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     """v1 → v2: new outbox state and ``chunks`` column (a table rebuild: SQLite cannot alter a
     CHECK constraint), the ``outbox_timer`` index and the ``settings`` table."""
-    for stmt in _statements(_OUTBOX_TABLE.format(name="outbox_v2")):
+    for stmt in _statements(_OUTBOX_V2.format(name="outbox_v2")):
         conn.execute(stmt)
     conn.execute(
         f"INSERT INTO outbox_v2 ({_V1_OUTBOX_COLUMNS}) "  # noqa: S608 - constant column list
@@ -242,7 +313,63 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     )
     conn.execute("DROP TABLE outbox")
     conn.execute("ALTER TABLE outbox_v2 RENAME TO outbox")
-    for stmt in _statements(_SCHEMA):  # IF NOT EXISTS: adds only what v1 lacked
+    conn.execute("CREATE INDEX IF NOT EXISTS outbox_timer ON outbox (state, next_attempt_at)")
+    conn.execute("""CREATE TABLE IF NOT EXISTS settings (
+        key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL,
+        source TEXT NOT NULL DEFAULT '')""")
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """v2 → v3: one transport-neutral outbox for every link.
+
+    * Outbox rows lose their MQTT topic (the MQTT link renders it at send time) and gain
+      ``link = 'mqtt'`` — every v2 row was an MQTT row.
+    * The LoRa router's own tables, created outside the versioning until v2, come in: each
+      ``lora_tx`` row becomes a ``link = 'lorawan'`` alert row carrying its event's JSON
+      (pending → ready, sent and skipped stay, expired and failed → dead, with the reason);
+      ``lora_meta`` moves into ``meta`` under ``lorawan.``; ``lora_airtime`` keeps its rows.
+    """
+    for stmt in _statements(_OUTBOX_TABLE.format(name="outbox_v3")):
+        conn.execute(stmt)
+    conn.execute(
+        f"INSERT INTO outbox_v3 ({_V2_TO_V3_COLUMNS}, link) "  # noqa: S608 - constant columns
+        f"SELECT {_V2_TO_V3_COLUMNS}, 'mqtt' FROM outbox"
+    )
+    conn.execute("DROP TABLE outbox")
+    conn.execute("ALTER TABLE outbox_v3 RENAME TO outbox")
+    if _has_table(conn, "lora_tx"):
+        conn.execute(
+            "INSERT INTO outbox (event_id, kind, link, priority, payload, created, attempts, "
+            "next_attempt_at, state, done_at, last_error, confirmed) "
+            "SELECT t.event_id, 'alert', 'lorawan', 0, CAST(e.event_json AS BLOB), t.created, "
+            "t.attempts, t.next_attempt_at, "
+            "CASE t.state WHEN 'pending' THEN 'ready' WHEN 'sent' THEN 'sent' "
+            "WHEN 'skipped' THEN 'skipped' ELSE 'dead' END, t.done_at, "
+            "CASE t.state WHEN 'expired' THEN 'too old for LoRa' "
+            "WHEN 'failed' THEN COALESCE(t.last_error, 'given up') "
+            "WHEN 'skipped' THEN COALESCE(t.last_error, 'delivered by MQTT') "
+            "ELSE t.last_error END, t.confirmed "
+            "FROM lora_tx t JOIN events e ON e.id = t.event_id ORDER BY t.created, t.event_id"
+        )
+        conn.execute("DROP TABLE lora_tx")
+    if _has_table(conn, "lora_meta"):
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) "
+                     "SELECT 'lorawan.' || key, value FROM lora_meta")
+        conn.execute("DROP TABLE lora_meta")
+    for stmt in _statements(_OUTBOX_INDEXES + AIRTIME_TABLE):
+        conn.execute(stmt)
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                       (name,)).fetchone()
+    return row is not None
+
+
+def airtime_table(conn: sqlite3.Connection) -> None:
+    """Create the airtime ledger's table on a connection that did not come from
+    :func:`open_db` (the ledger's own tests and benchmarks); a no-op on a trap database."""
+    for stmt in _statements(AIRTIME_TABLE):
         conn.execute(stmt)
 
 

@@ -99,6 +99,8 @@ def make_thumbnail(jpeg: bytes, px: int, quality: int, max_bytes: int = 0) -> by
     """
     try:
         return _thumbnail(jpeg, px, quality, max_bytes)
+    except Image.DecompressionBombError as e:  # neither OSError nor ValueError
+        raise ImageError(f"cannot make a thumbnail: {e}") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as first:
         if not jpeg.startswith(_SOI):
             raise ImageError(f"cannot make a thumbnail: {first}") from first

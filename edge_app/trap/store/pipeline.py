@@ -14,16 +14,24 @@ The event id ``<unit>-<seq>`` is needed for the file names before the transactio
 advance; the transaction checks that it got the same one (a second process writing the same
 database would be caught here).
 
-What is queued per outcome (defaults; see :class:`EventStore`):
+What is queued per outcome and link (defaults; see :class:`EventStore`). The rows say *what*
+must be delivered and *over which link*, never how: each link renders its wire form at send
+time, so a LoRa-only unit (``mqtt.enabled = false``) has no MQTT rows (and no topics) at all.
 
-==========  ===========================================  =========================
-outcome     outbox rows                                  catalogue
-==========  ===========================================  =========================
-alert       ``alert`` (event JSON), ``thumb``, ``image``  row
-keep        ``event`` (event JSON), ``thumb``             row
-discard     none                                          counted; 1 in N stored as
-                                                          an audit row, never sent
-==========  ===========================================  =========================
+==========  =================================================  ===============  ===============
+outcome     MQTT rows (``mqtt.enabled``)                       LoRa rows        catalogue
+==========  =================================================  ===============  ===============
+alert       ``alert`` (event JSON), ``thumb``, ``image``        ``alert``        row
+keep        ``event`` (event JSON), ``thumb``                   none             row
+discard     none                                               none             counted; 1 in N
+                                                                                stored as an
+                                                                                audit row,
+                                                                                never sent
+==========  =================================================  ===============  ===============
+
+LoRa rows only when ``lorawan.enabled``; images and thumbnails never go over LoRa. A unit with
+no link on at all (``camtrap demo`` without a broker, a trap read from its card) keeps its MQTT
+rows, so that nothing decided is lost and a link switched on later delivers them.
 """
 
 from __future__ import annotations
@@ -40,7 +48,6 @@ from edge_app.core.clock import Clock, SystemClock, rfc3339
 from edge_app.core.config import Config
 from edge_app.core.errors import ImageError, StorageError
 from edge_app.core.events import Burst, Frame, Outcome, Verdict
-from edge_app.core.topics import event_topic, media_topic
 from edge_app.trap.store import exif
 from edge_app.trap.store.catalog import Catalog, EventRecord
 from edge_app.trap.store.db import db_path, open_db, transaction
@@ -52,7 +59,7 @@ from edge_app.trap.store.media import (
     media_paths,
     store_file,
 )
-from edge_app.trap.store.outbox import Kind, Outbox
+from edge_app.trap.store.outbox import Kind, Link, Outbox
 from edge_app.trap.store.retention import DiskGuard
 
 logger = logging.getLogger(__name__)
@@ -131,7 +138,8 @@ class EventStore:
     :meth:`record` per decided trigger, then :meth:`close`.
 
     Args:
-        cfg: the unit id, ``storage``, ``outbox``, ``policy.audit_every`` and the topic prefix.
+        cfg: the unit id, ``storage``, ``outbox``, ``policy.audit_every`` and which links are
+            on (``mqtt.enabled``, ``lorawan.enabled``, ``mqtt.send_images``).
         clock: wall time for row creation times.
         notify: called after rows were queued, e.g. ``MqttLink.wake``.
         thumbs_for: outcomes whose thumbnail is queued (low priority).
@@ -312,27 +320,27 @@ class EventStore:
         thumb: MediaRef | None,
         now: float,
     ) -> int:
-        prefix, unit = self.cfg.mqtt.topic_prefix, rec.unit
+        """Queue what must be delivered, per link (see the module docstring); no wire form
+        here: each link renders its own (MQTT topics, the 11-byte LoRa alert) at send time."""
         n = 0
-        if rec.outcome == "alert":
-            outbox.enqueue(
-                Kind.ALERT, event_topic(prefix, unit), payload=payload, event_id=rec.id, now=now
-            )
-        else:
-            outbox.enqueue(
-                Kind.EVENT, event_topic(prefix, unit), payload=payload, event_id=rec.id, now=now
-            )
+        lora, mqtt = self.cfg.lorawan.enabled, self.cfg.mqtt.enabled
+        if lora and rec.outcome == "alert":
+            outbox.enqueue(Kind.ALERT, link=Link.LORAWAN, payload=payload, event_id=rec.id,
+                           now=now)
+            n += 1
+        if lora and not mqtt:
+            return n  # LoRa only: rows no link would ever serve must not pile up
+        kind = Kind.ALERT if rec.outcome == "alert" else Kind.EVENT
+        outbox.enqueue(kind, link=Link.MQTT, payload=payload, event_id=rec.id, now=now)
         n += 1
         images_for = self._images_for if self.cfg.mqtt.send_images else frozenset()
-        for ref, kind, wanted in (
+        for ref, media_kind, wanted in (
             (thumb, Kind.THUMB, self._thumbs_for),
             (image, Kind.IMAGE, images_for),
         ):
             if ref is not None and rec.outcome in wanted:
-                outbox.enqueue(
-                    kind, media_topic(prefix, unit, ref.id), media_path=self._rel(ref),
-                    event_id=rec.id, now=now,
-                )
+                outbox.enqueue(media_kind, link=Link.MQTT, media_path=self._rel(ref),
+                               event_id=rec.id, now=now)
                 n += 1
         return n
 

@@ -37,6 +37,7 @@ from edge_app.core.config import Config
 from edge_app.core.errors import StorageError
 from edge_app.trap.store.db import db_path, open_db, transaction
 from edge_app.trap.store.outbox import Outbox
+from edge_app.trap.store.upkeep import OutboxUpkeep
 
 logger = logging.getLogger(__name__)
 
@@ -266,10 +267,18 @@ class DiskGuard:
 
 
 class Housekeeper:
-    """A supervisor stage: checks free space every ``storage.check_every_s`` and prunes.
+    """A supervisor stage: keeps the card from filling up and the outbox tables bounded.
 
-    The store thread also prunes before each write, but an idle trap can run out of space
-    too (logs, another program), and then the uplink could not even record deliveries.
+    Every ``storage.check_every_s`` it checks free space and prunes media when low (the store
+    thread also prunes before each write, but an idle trap can run out of space too — logs,
+    another program — and then no link could even record a delivery). On the same thread it
+    runs the outbox upkeep (:class:`edge_app.trap.store.upkeep.OutboxUpkeep`: expiry, purging
+    of finished rows, the LoRa ledger's old rows), whatever links are on.
+
+    Args:
+        cfg: ``storage`` (root, thresholds, interval) and ``outbox``.
+        clock: wall time for row times, and the waits.
+        guard: the disk guard (default: from the config).
     """
 
     def __init__(self, cfg: Config, clock: Clock, guard: DiskGuard | None = None) -> None:
@@ -278,19 +287,36 @@ class Housekeeper:
         self.guard = guard or DiskGuard.from_config(cfg)
 
     def run(self, stop: threading.Event) -> None:
-        """Check, prune if low, sleep; until ``stop``."""
+        """Check, prune if low, upkeep; sleep; until ``stop``."""
         self.guard.ensure_reserve()
-        while not self.clock.wait(stop, self.cfg.storage.check_every_s):
-            if not self.guard.low():
-                self.guard.ensure_reserve()
-                continue
-            try:
-                conn = open_db(db_path(self.cfg.storage.root))
-            except StorageError as e:
-                logger.error("housekeeping: %s", e)
-                continue
-            try:
-                self.guard.prune(conn, Outbox(conn, self.clock, self.cfg.outbox),
-                                 self.clock.wall())
-            finally:
+        conn: sqlite3.Connection | None = None
+        upkeep: OutboxUpkeep | None = None
+        try:
+            while True:
+                if conn is None:
+                    try:
+                        conn = open_db(db_path(self.cfg.storage.root))
+                    except StorageError as e:
+                        logger.error("housekeeping: %s", e)
+                    else:
+                        upkeep = OutboxUpkeep(conn, self.clock, self.cfg.outbox)
+                if conn is not None and upkeep is not None:
+                    try:
+                        self.check(conn, upkeep)
+                    except sqlite3.Error as e:  # a full card: try again next time
+                        logger.error("housekeeping: %s", e)
+                if self.clock.wait(stop, self.cfg.storage.check_every_s):
+                    return
+        finally:
+            if conn is not None:
                 conn.close()
+
+    def check(self, conn: sqlite3.Connection, upkeep: OutboxUpkeep) -> None:
+        """One round: prune media if the card is low (else put the reserve back), then the
+        outbox upkeep that is due."""
+        if self.guard.low():
+            self.guard.prune(conn, Outbox(conn, self.clock, self.cfg.outbox),
+                             self.clock.wall())
+        else:
+            self.guard.ensure_reserve()
+        upkeep.tick(self.clock.wall())

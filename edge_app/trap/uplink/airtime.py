@@ -35,6 +35,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from edge_app.trap.store.db import airtime_table
+
 logger = logging.getLogger(__name__)
 
 LORAWAN_OVERHEAD = 13  # MHDR 1 + FHDR 7 (no FOpts) + FPort 1 + MIC 4
@@ -167,19 +169,6 @@ def band_plan(region: str, duty_cycle: float = 0.01) -> BandPlan:
 
 # -- the ledger -------------------------------------------------------------------------------
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS lora_airtime (
-        id        INTEGER PRIMARY KEY,
-        ts        REAL NOT NULL,
-        band      TEXT NOT NULL,
-        airtime_s REAL NOT NULL,
-        kind      TEXT NOT NULL,
-        downlink  INTEGER NOT NULL DEFAULT 0
-    )""",
-    "CREATE INDEX IF NOT EXISTS lora_airtime_ts ON lora_airtime (ts)",
-)
-
-
 @dataclass(frozen=True, slots=True)
 class Tx:
     """One transmission (or, with ``airtime_s`` 0 and ``downlink``, one received downlink)."""
@@ -196,7 +185,9 @@ class DutyCycleLedger:
 
     Args:
         plan: the region's band plan.
-        conn: a database connection to persist to (None: memory only, for the bench).
+        conn: a database connection to persist to (None: memory only, for the bench). Its
+            table ``lora_airtime`` is part of the store's schema (:mod:`edge_app.trap.store.db`),
+            pruned by the store's housekeeping after two days.
         fair_use: also enforce TTN's 30 s/24 h and count downlinks against 10/24 h.
         fair_use_airtime_s: the fair-use airtime per 24 h.
         fair_use_downlinks: the fair-use downlinks per 24 h.
@@ -226,8 +217,7 @@ class DutyCycleLedger:
         self._txs: deque[Tx] = deque()  # the last 24 h, oldest first
         self._lock = threading.Lock()
         if conn is not None:
-            for stmt in _SCHEMA:
-                conn.execute(stmt)
+            airtime_table(conn)  # the store's schema; a no-op on the trap database
 
     def load(self, now: float) -> None:
         """Read the last 24 h from the database (at start); rows from the future are pulled
@@ -243,15 +233,29 @@ class DutyCycleLedger:
             self._txs = deque(Tx(float(r[0]), str(r[1]), float(r[2]), str(r[3]), bool(r[4]))
                               for r in rows)
 
-    def record(self, tx: Tx) -> None:
-        """Add a transmission (or a downlink) and persist it."""
+    def record(self, tx: Tx) -> int | None:
+        """Add a transmission (or a downlink) and persist it; returns its row id (None when
+        the ledger is memory only), for :meth:`refund`."""
+        row_id: int | None = None
         if self._conn is not None:
-            self._conn.execute(
+            cur = self._conn.execute(
                 "INSERT INTO lora_airtime (ts, band, airtime_s, kind, downlink) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (tx.ts, tx.band, tx.airtime_s, tx.kind, int(tx.downlink)))
+            row_id = cur.lastrowid
         with self._lock:
             self._txs.append(tx)
+        return row_id
+
+    def refund(self, tx: Tx, row_id: int | None) -> None:
+        """Undo :meth:`record` of a transmission the modem says never went on the air."""
+        if self._conn is not None and row_id is not None:
+            self._conn.execute("DELETE FROM lora_airtime WHERE id = ?", (row_id,))
+        with self._lock:
+            for i in range(len(self._txs) - 1, -1, -1):
+                if self._txs[i] == tx:
+                    del self._txs[i]
+                    break
 
     def _trim(self, now: float) -> None:
         while self._txs and self._txs[0].ts < now - DAY_S:

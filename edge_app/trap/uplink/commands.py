@@ -30,6 +30,7 @@ size, nesting depth, non-finite numbers); a refused one is counted and answered 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sqlite3
@@ -40,7 +41,6 @@ from typing import Any
 from edge_app.core.clock import Clock
 from edge_app.core.errors import ConfigError, StorageError
 from edge_app.core.guard import Limits, Refusals, Refused, parse_object
-from edge_app.core.topics import media_topic
 from edge_app.trap.settings import Settings
 from edge_app.trap.store.outbox import Kind, Outbox
 
@@ -86,7 +86,8 @@ class Commands:
         except Refused as r:
             self.refusals.count(r, f"cmd/{name[:40]}")
             what = {"not_json": "payload is not JSON", "bad_type": "payload is not a JSON object"}
-            return {**_error(None, what.get(r.kind, f"payload refused: {r.kind}")),
+            return {**_error(_salvage_id(payload) if r.kind == "non_finite" else None,
+                             what.get(r.kind, f"payload refused: {r.kind}")),
                     "refused": r.kind, "reason": r.reason}
         cmd_id = body.get("id")
         if not isinstance(cmd_id, str) or not cmd_id or len(cmd_id) > MAX_ID_LEN:
@@ -165,8 +166,7 @@ class Commands:
         outbox = Outbox(conn, self._clock, cfg.outbox)
         row = outbox.enqueue(
             Kind.IMAGE if kind == "image" else Kind.THUMB,
-            media_topic(cfg.mqtt.topic_prefix, cfg.unit.id, media_id),
-            media_path=str(rel), event_id=event_id, chunks=chunks,
+            media_path=str(rel), event_id=event_id, chunks=chunks,  # the MQTT link's topic
         )
         return {"media": media_id, "queued": row, "chunks": chunks or "all", "of": total}
 
@@ -205,6 +205,18 @@ def _only(body: dict[str, Any], allowed: set[str]) -> None:
     if extra:
         raise CommandError(f"unknown field(s) {', '.join(extra)} (allowed: "
                            f"{', '.join(sorted(allowed))})")
+
+
+def _salvage_id(payload: bytes) -> str | None:
+    """The ``id`` of a command refused only for a non-finite number, so that the sender can
+    tell which of its commands failed. Size and depth have already passed the door, so a
+    plain parse (which accepts NaN) is safe here; the body is used for nothing else."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    cmd_id = body.get("id") if isinstance(body, dict) else None
+    return cmd_id if isinstance(cmd_id, str) and 0 < len(cmd_id) <= MAX_ID_LEN else None
 
 
 def _error(cmd_id: str | None, message: str) -> dict[str, Any]:

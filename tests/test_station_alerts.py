@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from station_support import event
 
 from edge_app.sim.broker import find_mosquitto
-from edge_app.station.session import Backoff, LinkNote
+from edge_app.station.session import LinkNote, ReconnectBackoff
 
 pytestmark = pytest.mark.broker
 
@@ -99,7 +99,7 @@ def test_alerts_says_it_cannot_reach_the_broker_then_that_it_is_connected(
 
 
 def test_backoff_doubles_to_its_cap_and_resets() -> None:
-    b = Backoff(1.0, 30.0)
+    b = ReconnectBackoff(1.0, 30.0)
     assert [b.next() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
     b.reset()
     assert b.next() == 1

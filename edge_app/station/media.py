@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from edge_app.core.backoff import backoff_delay
 from edge_app.core.guard import Refused
 from edge_app.station.doors import Chunk
 
@@ -198,7 +199,11 @@ class MediaAssembler:
                     continue
                 missing = [k for k in range(part.of) if k not in part.chunks]
                 part.tries += 1
-                part.next_request = now + self.timeout_s * (2 ** part.tries)
+                # The project's one backoff rule: 2, 4, 8 … × timeout_s, no jitter (one
+                # station, and the unit is waiting for exactly this request).
+                part.next_request = now + backoff_delay(
+                    part.tries, 2 * self.timeout_s, self.timeout_s * 2 ** self.tries,
+                    jitter="none")
                 out.append(MediaRequest(unit, media_id, missing, part.of))
         for unit, waiting in self._expected.items():
             quiet = now - self._active.get(unit, float("-inf")) >= self.timeout_s

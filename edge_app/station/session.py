@@ -5,8 +5,8 @@ keeps its delay to itself, so a ranger starting ``camtrap alerts`` against a wro
 broker that is down saw nothing at all. Here one network thread of ours connects, runs paho's
 ``loop()``, and on every failure reports a :class:`LinkNote` — "cannot reach HOST:PORT
 (Connection refused), retrying in 2 s" — with the reason and the delay it is about to wait
-(:class:`Backoff`, 1 s doubling to 30 s, reset by a successful CONNACK). Waits go through the
-injected :class:`~edge_app.core.clock.Clock`.
+(:class:`ReconnectBackoff`, 1 s doubling to 30 s, reset by a successful CONNACK). Waits go
+through the injected :class:`~edge_app.core.clock.Clock`.
 
 Thread safety: paho writes to the socket from the caller's thread when no paho thread exists,
 which would interleave our worker's receipts with this thread's writes. Registering a (no-op)
@@ -35,6 +35,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_app.core.backoff import Backoff
 from edge_app.core.clock import Clock
 from edge_app.core.mqtt_common import new_properties
 
@@ -50,22 +51,24 @@ Subscriptions = list[tuple[str, SubscribeOptions]]
 MessageHook = Callable[[mqtt.MQTTMessage], None]
 
 
-class Backoff:
-    """Reconnect delays: ``min_s``, doubling per failure up to ``max_s``; reset on success."""
+class ReconnectBackoff:
+    """Reconnect delays by the project's one backoff rule (:mod:`edge_app.core.backoff`):
+    ``min_s``, doubling per failure up to ``max_s``, reset by a successful connection.
+
+    No jitter: one station reconnecting is no herd, and a person reads the delays it prints.
+    """
 
     def __init__(self, min_s: float = RECONNECT_MIN_S, max_s: float = RECONNECT_MAX_S) -> None:
-        self.min_s = min_s
-        self.max_s = max(min_s, max_s)
-        self._next = min_s
+        self._rule = Backoff(min_s, max(min_s, max_s), jitter="none")
+        self._failures = 0
 
     def next(self) -> float:
         """The delay to wait now; the one after it doubles."""
-        delay = self._next
-        self._next = min(self._next * 2, self.max_s)
-        return delay
+        self._failures += 1
+        return self._rule.delay(self._failures)
 
     def reset(self) -> None:
-        self._next = self.min_s
+        self._failures = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +133,7 @@ class MqttSession:
                  on_message: MessageHook, subscriptions: Callable[[], Subscriptions],
                  on_note: NoteHook | None = None, session_expiry_s: int = 7 * 86400,
                  ca_file: str | None = None, username: str | None = None,
-                 password: str | None = None, backoff: Backoff | None = None) -> None:
+                 password: str | None = None, backoff: ReconnectBackoff | None = None) -> None:
         self.host = host
         self.port = port
         self.address = address(host, port)
@@ -140,7 +143,7 @@ class MqttSession:
         self._subscriptions = subscriptions
         self._on_note = on_note
         self._session_expiry_s = session_expiry_s
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or ReconnectBackoff()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5, manual_ack=True)
         if username:

@@ -25,6 +25,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from edge_app import __version__
+from edge_app.core.backoff import Backoff
 from edge_app.core.clock import Clock, SystemClock
 from edge_app.core.config import Config
 from edge_app.core.errors import ConfigError, ModelError, StorageError
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
     from edge_app.trap.uplink.router import LoraRouter
 
 logger = logging.getLogger(__name__)
+
+STORE_RETRY = Backoff(1.0, 60.0, jitter="none")
+"""A store write that failed (card full or gone) is retried 1, 2, 4 … 60 s later."""
 
 BACKGROUND_SHOT = "background"
 """``TriggerEvent.source`` of a scheduled background shot (not a PIR trigger: learnt, never
@@ -272,18 +276,19 @@ class App:
         holds on to it and retries with backoff (which also stalls detect behind it, by design:
         back-pressure rather than loss). Returns (stored record or None, False if stopping).
         """
-        delay = 1.0
+        failures = 0
         while True:
             try:
                 return self.store.record(burst, verdict), True
             except StorageError as e:
+                failures += 1
+                delay = STORE_RETRY.delay(failures)
                 logger.error("cannot store trigger %d (%s): retrying in %.0f s",
                              burst.trigger.number, e, delay)
             if self.clock.wait(stop, delay):
                 logger.error("stopping with trigger %d decided (%s) but not stored",
                              burst.trigger.number, verdict.outcome)
                 return None, False
-            delay = min(delay * 2, 60.0)
 
     # -- lifecycle ----------------------------------------------------------------------
 

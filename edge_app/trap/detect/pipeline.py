@@ -26,7 +26,6 @@ there plus its decoder.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -40,7 +39,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from edge_app.core.config import DetectorConfig
-from edge_app.core.errors import ImageError, ModelError
+from edge_app.core.errors import ModelError
 from edge_app.core.events import (
     CATEGORIES,
     SPECIES,
@@ -67,10 +66,8 @@ from edge_app.trap.detect.preprocess import (
     DecodedImage,
     Geometry,
     Letterboxer,
-    changed_fraction,
     crop_resized,
     decode_image,
-    grey_thumbnail,
 )
 from edge_app.trap.detect.runtime import TensorInfo, TfliteModel
 from edge_app.trap.detect.site_head import SiteHead, load_head
@@ -506,9 +503,9 @@ class Pipeline:
             ImageError: nothing decodable in ``image``, or more pixels than
                 ``detector.max_pixels`` (read from the header, before decoding).
         """
-        return self._infer(self._prepare(image, image if isinstance(image, Path) else "frame"))
+        return self.infer(self.prepare(image, image if isinstance(image, Path) else "frame"))
 
-    def _prepare(self, image: bytes | Path, name: object) -> _Prepared:
+    def prepare(self, image: bytes | Path, name: object) -> _Prepared:
         spec = self._det.card.input
         t0 = time.perf_counter()
         decoded = decode_image(image, (spec.width, spec.height), spec.resize, self._buffer,
@@ -520,7 +517,7 @@ class Pipeline:
         t2 = time.perf_counter()
         return _Prepared(decoded, geom, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 
-    def _infer(self, prep: _Prepared) -> FrameResult:
+    def infer(self, prep: _Prepared) -> FrameResult:
         cfg = self.cfg
         det = self._det
         th = self.thresholds
@@ -667,65 +664,11 @@ class Pipeline:
     # -- a burst --------------------------------------------------------------------------
 
     def analyse_burst(self, frames: Sequence[Frame]) -> list[FrameResult | None]:
-        """Analyse a trigger's frames, skipping unchanged ones when the motion gate is on.
+        """A trigger's frames, with the motion gate when it is on: see
+        :func:`edge_app.trap.detect.burst.analyse_burst`."""
+        from edge_app.trap.detect.burst import analyse_burst
 
-        The reference is the last pre-trigger frame (the scene just before the PIR fired).
-        It is always analysed. With ``detector.motion_gate`` on, every other frame is first
-        compared with it on a small greyscale copy; a frame where fewer than
-        ``motion_min_fraction`` of the pixels changed by more than ``motion_pixel_delta``
-        grey levels shows the same scene, so it *takes the reference's result* (marked
-        ``gated``) instead of running the detector and the classifier again.
-
-        Taking the reference's result, rather than calling the frame empty, is what makes
-        the gate safe: an animal standing still in front of the camera since before the
-        trigger is in the reference's result, so it is in the skipped frames' too.
-
-        Args:
-            frames: the burst, pre-trigger frames first (as :func:`capture_burst` builds it).
-
-        Returns:
-            One result per frame, ``None`` where the frame could not be decoded or was refused
-            at the image door (more pixels than ``detector.max_pixels``), logged. ``None`` is
-            never evidence of emptiness: a trigger whose frames are all ``None`` is kept
-            (:func:`~edge_app.trap.detect.policy.decide`), so a camera mode that writes
-            oversized frames loses nothing, it only stops filtering.
-        """
-        n = len(frames)
-        results: list[FrameResult | None] = [None] * n
-        ref_i = max((i for i, f in enumerate(frames) if f.pre_trigger), default=-1)
-        gate = self.cfg.motion_gate and ref_i >= 0
-        ref_grey: NDArray[np.int16] | None = None
-        order = ([ref_i] if ref_i >= 0 else []) + [i for i in range(n) if i != ref_i]
-        for i in order:
-            f = frames[i]
-            try:
-                prep = self._prepare(f.jpeg, f.name or f"frame {f.index}")
-            except ImageError as e:
-                log.warning("frame %d (%s) unreadable: %s", f.index, f.name or "camera", e)
-                continue
-            if not gate:
-                results[i] = self._infer(prep)
-                continue
-            t0 = time.perf_counter()
-            grey = grey_thumbnail(prep.decoded.image, self.cfg.motion_size)
-            gate_ms = (time.perf_counter() - t0) * 1e3
-            if i == ref_i:
-                ref_grey = grey
-                results[i] = self._infer(prep)
-                continue
-            ref = results[ref_i]
-            motion = (1.0 if ref_grey is None or ref is None
-                      else changed_fraction(grey, ref_grey, self.cfg.motion_pixel_delta))
-            if ref is not None and motion < self.cfg.motion_min_fraction:
-                decode_ms = prep.decode_ms + prep.letterbox_ms
-                results[i] = dataclasses.replace(
-                    ref, gated=True, motion=motion,
-                    timings_ms={"decode": decode_ms, "detect": 0.0, "classify": 0.0},
-                    stages_ms={"decode": prep.decode_ms, "preprocess": prep.letterbox_ms,
-                               "gate": gate_ms})
-                continue
-            results[i] = dataclasses.replace(self._infer(prep), motion=motion)
-        return results
+        return analyse_burst(self, frames)
 
 
 def head_path(value: str, models_dir: Path) -> Path:

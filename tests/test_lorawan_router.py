@@ -458,3 +458,25 @@ def test_a_session_the_network_forgot_is_noticed_and_joined_again(
     assert (row["state"], row["attempts"]) == ("sent", 5)
     assert ns.joins == 2
     assert_duty_cycle_kept(emu)
+
+
+def test_mode_and_status_interval_downlinks_go_through_the_settings_service(
+    tmp_path: Path, ns: NetworkServer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = lora_cfg(tmp_path, status_every_h=0)
+    settings = Settings(cfg, clock)
+    with rui3(ns, clock) as emu, make_router(cfg, emu, clock, settings=settings,
+                                             status_source=codec.Status) as router:
+        for cmd in ({"command": "set_status_interval", "hours": 2},
+                    {"command": "set_mode", "mode": "fallback"}):  # refused: no MQTT here
+            ns.enqueue_downlink(KEYS.dev_eui, 20, codec.encode_downlink(cmd).payload)
+        for i in range(2):
+            add_alert(cfg, T0 + i)
+        drive(router, clock, T0 + 5 * 3600)
+        s = router.stats()
+    assert settings.config.lorawan.status_every_h == 2.0
+    assert settings.config.lorawan.mode == "always"
+    assert "needs mqtt.enabled" in caplog.text
+    assert s["status_sent"] >= 2  # the new interval is in force at once
+    again = Settings(lora_cfg(tmp_path, status_every_h=0), FakeClock()).load()
+    assert again.lorawan.status_every_h == 2.0

@@ -30,6 +30,7 @@ from edge_app.core.clock import FakeClock
 from edge_app.sim.modems import Rui3Modem
 from edge_app.sim.netserver import NetworkServer
 from edge_app.station.receiver import Receiver
+from edge_app.trap.settings import Settings
 from edge_app.trap.store.db import SCHEMA_VERSION, open_db
 from edge_app.trap.store.outbox import Outbox, State
 
@@ -314,9 +315,11 @@ def test_the_pending_lora_alert_is_sent_after_the_upgrade(
     ns = NetworkServer("127.0.0.1", broker.port, "chirpstack", clock=clock).start()
     ns.register(KEYS.dev_eui, KEYS.join_eui, KEYS.app_key, UNIT)
     cfg = lora_cfg(root)
+    settings = Settings(cfg, clock)
+    settings.load()
     try:
         with Rui3Modem(ns, clock=clock, time_factor=0.0).start() as emu, \
-                make_router(cfg, emu, clock) as router:
+                make_router(cfg, emu, clock, settings=settings) as router:
             drive(router, clock, clock.wall() + 3600,
                   stop_when=lambda: router.stats()["alerts_sent"] >= 1)
             assert router.stats()["alerts_sent"] == 1
@@ -331,5 +334,14 @@ def test_the_pending_lora_alert_is_sent_after_the_upgrade(
         row = conn.execute("SELECT state, attempts, confirmed FROM outbox WHERE "
                            "link = 'lorawan' AND event_id = 'T-1-6'").fetchone()
         assert tuple(row) == (State.SENT, 2, 1)  # one attempt before the upgrade, one after
+        # The mode and status interval an old downlink set now belong to the settings
+        # service (one owner), not the router's meta table.
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        assert "lorawan.status_every_h" not in meta
+        assert "lorawan.mode" not in meta
     finally:
         conn.close()
+    assert settings.config.lorawan.status_every_h == 4.0
+    again = Settings(lora_cfg(root), FakeClock()).load()
+    assert again.lorawan.status_every_h == 4.0
+    assert again.lorawan.mode == "always"

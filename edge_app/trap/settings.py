@@ -47,8 +47,11 @@ ALLOWED_KEYS: tuple[str, ...] = (
     "camera.burst_interval_s",
     "mqtt.stats_interval_s",
     "mqtt.send_images",
+    "lorawan.mode",
+    "lorawan.status_every_h",
 )
-"""What a ranger may tune from the office: thresholds, the burst, the stats interval. Where the
+"""What a ranger may tune from the office (by MQTT ``config/set`` or a LoRa downlink):
+thresholds, the burst, the stats and status intervals, LoRa's mode. Where the
 trap stores its data, which broker it trusts and its credentials are not settable remotely,
 because a wrong value there cannot be undone remotely."""
 

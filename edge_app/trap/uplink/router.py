@@ -210,6 +210,7 @@ class LoraRouter:
         self._count(alerts_queued=OutboxUpkeep(conn, self.clock, self.cfg.outbox).adopt_alerts(
             Link.LORAWAN, now - self.lw.max_age_s, now))
         self._meta = self._rows.meta()
+        self._adopt_legacy_meta()
         every = self._status_every_s()
         # Before the first status: as if one had gone an interval before this start (so the
         # first is due at once, and overdue an interval later).
@@ -288,11 +289,31 @@ class LoraRouter:
     # -- alerts and status --------------------------------------------------------------
 
     def _mode(self) -> str:
-        return self._meta.get("mode") or self.lw.mode
+        return self.lw.mode
 
     def _status_every_s(self) -> float:
-        v = self._meta.get("status_every_h")
-        return 3600.0 * (float(v) if v is not None else self.lw.status_every_h)
+        return 3600.0 * self.lw.status_every_h
+
+    def _adopt_legacy_meta(self) -> None:
+        """Mode and status interval set by downlinks before the settings service owned them
+        were kept in the router's meta table: hand them to the service once, then forget
+        them, so there is one owner."""
+        assert self._rows is not None
+        legacy = {k: v for k, v in (("lorawan.mode", self._meta.get("mode")),
+                                    ("lorawan.status_every_h", self._meta.get("status_every_h")))
+                  if v is not None}
+        if not legacy:
+            return
+        values: dict[str, Any] = {k: (float(v) if k.endswith("_h") else v)
+                                  for k, v in legacy.items()}
+        if self._on_settings is not None:
+            try:
+                self._on_settings(values)
+            except (ConfigError, StorageError, ValueError) as e:
+                logger.warning("LoRa: earlier downlink settings %s dropped: %s", values, e)
+        for key in ("mode", "status_every_h"):
+            self._rows.delete_meta(key)
+            self._meta.pop(key, None)
 
     def _mqtt_up(self) -> bool:
         return _probe(self._mqtt_connected)
@@ -414,23 +435,22 @@ class LoraRouter:
     def _command(self, cmd: Command) -> None:
         if cmd.name == "request_status":
             self.status.requested = True
-        elif cmd.name == "set_status_interval":
-            self._set_meta("status_every_h", str(int(cmd.value)))
-        elif cmd.name == "set_mode":
-            self._set_meta("mode", cmd.mode)
-        elif self._on_settings is None:
-            logger.warning("LoRa: %s = %s not applied: no settings service", cmd.key, cmd.value)
-        else:
-            try:  # validated, persisted (source "lorawan") and applied to every stage
-                self._on_settings({cmd.key: cmd.value})
-            except (ConfigError, StorageError) as e:
-                logger.warning("LoRa: %s = %s refused: %s", cmd.key, cmd.value, e)
+            return
+        # Every setting a downlink changes goes through the settings service, like an MQTT
+        # config/set: validated, persisted (source "lorawan"), applied to every stage.
+        values: dict[str, Any] = (
+            {"lorawan.status_every_h": float(int(cmd.value))}
+            if cmd.name == "set_status_interval"
+            else {"lorawan.mode": cmd.mode} if cmd.name == "set_mode"
+            else {cmd.key: cmd.value})
+        if self._on_settings is None:
+            logger.warning("LoRa: %s not applied: no settings service", values)
+            return
+        try:
+            self._on_settings(values)
+        except (ConfigError, StorageError) as e:
+            logger.warning("LoRa: %s refused: %s", values, e)
 
-    def _set_meta(self, key: str, value: str) -> None:
-        """Persist a router setting (status time, downlink-set mode and interval)."""
-        assert self._rows is not None
-        self._rows.set_meta(key, value)
-        self._meta[key] = value
 
 
 def _alert_of(w: Waiting, backlog: bool, mqtt_up: bool) -> codec.Alert:

@@ -48,6 +48,17 @@ class Command:
     value: float = 0.0
     mode: str = ""
 
+    def settings(self) -> dict[str, Any]:
+        """The remote settings this command changes (empty for ``request_status``): they go
+        through the settings service like an MQTT ``config/set``."""
+        if self.name == "set_status_interval":
+            return {"lorawan.status_every_h": float(int(self.value))}
+        if self.name == "set_mode":
+            return {"lorawan.mode": self.mode}
+        if self.name == "set_threshold":
+            return {self.key: self.value}
+        return {}
+
 
 def read_command(port: int, payload: bytes) -> Command:
     """Decode and check one downlink.

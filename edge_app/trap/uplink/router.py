@@ -210,7 +210,7 @@ class LoraRouter:
         self._count(alerts_queued=OutboxUpkeep(conn, self.clock, self.cfg.outbox).adopt_alerts(
             Link.LORAWAN, now - self.lw.max_age_s, now))
         self._meta = self._rows.meta()
-        self._adopt_legacy_meta()
+        adopt_legacy_settings(self._rows, self._meta, self._on_settings)
         every = self._status_every_s()
         # Before the first status: as if one had gone an interval before this start (so the
         # first is due at once, and overdue an interval later).
@@ -294,26 +294,6 @@ class LoraRouter:
     def _status_every_s(self) -> float:
         return 3600.0 * self.lw.status_every_h
 
-    def _adopt_legacy_meta(self) -> None:
-        """Mode and status interval set by downlinks before the settings service owned them
-        were kept in the router's meta table: hand them to the service once, then forget
-        them, so there is one owner."""
-        assert self._rows is not None
-        legacy = {k: v for k, v in (("lorawan.mode", self._meta.get("mode")),
-                                    ("lorawan.status_every_h", self._meta.get("status_every_h")))
-                  if v is not None}
-        if not legacy:
-            return
-        values: dict[str, Any] = {k: (float(v) if k.endswith("_h") else v)
-                                  for k, v in legacy.items()}
-        if self._on_settings is not None:
-            try:
-                self._on_settings(values)
-            except (ConfigError, StorageError, ValueError) as e:
-                logger.warning("LoRa: earlier downlink settings %s dropped: %s", values, e)
-        for key in ("mode", "status_every_h"):
-            self._rows.delete_meta(key)
-            self._meta.pop(key, None)
 
     def _mqtt_up(self) -> bool:
         return _probe(self._mqtt_connected)
@@ -436,20 +416,9 @@ class LoraRouter:
         if cmd.name == "request_status":
             self.status.requested = True
             return
-        # Every setting a downlink changes goes through the settings service, like an MQTT
-        # config/set: validated, persisted (source "lorawan"), applied to every stage.
-        values: dict[str, Any] = (
-            {"lorawan.status_every_h": float(int(cmd.value))}
-            if cmd.name == "set_status_interval"
-            else {"lorawan.mode": cmd.mode} if cmd.name == "set_mode"
-            else {cmd.key: cmd.value})
-        if self._on_settings is None:
-            logger.warning("LoRa: %s not applied: no settings service", values)
-            return
-        try:
-            self._on_settings(values)
-        except (ConfigError, StorageError) as e:
-            logger.warning("LoRa: %s refused: %s", values, e)
+        # Validated, persisted (source "lorawan") and applied to every stage by the settings
+        # service, exactly like an MQTT config/set.
+        apply_remote(self._on_settings, cmd.settings())
 
 
 
@@ -499,3 +468,34 @@ def _probe(mqtt_connected: Callable[[], bool] | None) -> bool:
     except Exception:
         logger.exception("LoRa: MQTT state probe failed")
         return False
+
+
+def apply_remote(on_settings: SettingsHook | None, values: dict[str, Any]) -> None:
+    """Hand settings a downlink changed to the settings service; a refusal is logged."""
+    if on_settings is None:
+        logger.warning("LoRa: %s not applied: no settings service", values)
+        return
+    try:
+        on_settings(values)
+    except (ConfigError, StorageError) as e:
+        logger.warning("LoRa: %s refused: %s", values, e)
+
+
+def adopt_legacy_settings(rows: LoraRows, meta: dict[str, str],
+                          on_settings: SettingsHook | None) -> None:
+    """Mode and status interval set by downlinks before the settings service owned them were
+    kept in the router's meta table: hand them to the service once, then forget them, so
+    there is one owner."""
+    values: dict[str, Any] = {}
+    if "mode" in meta:
+        values["lorawan.mode"] = meta["mode"]
+    if "status_every_h" in meta:
+        try:
+            values["lorawan.status_every_h"] = float(meta["status_every_h"])
+        except ValueError:
+            logger.warning("LoRa: unreadable earlier status interval dropped")
+    if values:
+        apply_remote(on_settings, values)
+    for key in ("mode", "status_every_h"):
+        rows.delete_meta(key)
+        meta.pop(key, None)

@@ -59,8 +59,9 @@ from edge_app.trap.store.media import (
     media_paths,
     store_file,
 )
-from edge_app.trap.store.outbox import Kind, Link, Outbox
+from edge_app.trap.store.outbox import Outbox
 from edge_app.trap.store.retention import DiskGuard
+from edge_app.trap.store.routing import deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -320,29 +321,19 @@ class EventStore:
         thumb: MediaRef | None,
         now: float,
     ) -> int:
-        """Queue what must be delivered, per link (see the module docstring); no wire form
-        here: each link renders its own (MQTT topics, the 11-byte LoRa alert) at send time."""
-        n = 0
-        lora, mqtt = self.cfg.lorawan.enabled, self.cfg.mqtt.enabled
-        if lora and rec.outcome == "alert":
-            outbox.enqueue(Kind.ALERT, link=Link.LORAWAN, payload=payload, event_id=rec.id,
-                           now=now)
-            n += 1
-        if lora and not mqtt:
-            return n  # LoRa only: rows no link would ever serve must not pile up
-        kind = Kind.ALERT if rec.outcome == "alert" else Kind.EVENT
-        outbox.enqueue(kind, link=Link.MQTT, payload=payload, event_id=rec.id, now=now)
-        n += 1
-        images_for = self._images_for if self.cfg.mqtt.send_images else frozenset()
-        for ref, media_kind, wanted in (
-            (thumb, Kind.THUMB, self._thumbs_for),
-            (image, Kind.IMAGE, images_for),
-        ):
-            if ref is not None and rec.outcome in wanted:
-                outbox.enqueue(media_kind, link=Link.MQTT, media_path=self._rel(ref),
-                               event_id=rec.id, now=now)
-                n += 1
-        return n
+        """Queue what :func:`~edge_app.trap.store.routing.deliveries` says the event owes; no
+        wire form here: each link renders its own (MQTT topics, the LoRa alert) at send time."""
+        rows = deliveries(
+            rec.outcome, lora=self.cfg.lorawan.enabled, mqtt=self.cfg.mqtt.enabled,
+            thumbs_for=self._thumbs_for,
+            images_for=self._images_for if self.cfg.mqtt.send_images else frozenset(),
+            has_thumb=thumb is not None, has_image=image is not None)
+        for d in rows:
+            ref = thumb if d.media == "thumb" else image if d.media == "image" else None
+            outbox.enqueue(d.kind, link=d.link, event_id=rec.id, now=now,
+                           payload=None if ref is not None else payload,
+                           media_path=self._rel(ref))
+        return len(rows)
 
     def _write_media(
         self, event_id: str, burst: Burst, verdict: Verdict

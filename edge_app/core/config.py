@@ -346,6 +346,14 @@ class LorawanConfig:
 
 
 @dataclass(frozen=True)
+class WatchdogConfig:
+    stage_deadline_s: float = _f(
+        120.0, "capture, detect and store must each show progress (finish an item, or wait "
+        "for one) this often, or the systemd watchdog stops being fed and the service is "
+        "restarted; must cover the longest burst and the slowest detection", min=1, max=3600)
+
+
+@dataclass(frozen=True)
 class Config:
     unit: UnitConfig = field(default_factory=UnitConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -358,6 +366,7 @@ class Config:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     lorawan: LorawanConfig = field(default_factory=LorawanConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
     @property
     def mqtt_client_id(self) -> str:

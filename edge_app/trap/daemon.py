@@ -36,11 +36,13 @@ from edge_app.trap.detect.pipeline import Pipeline
 from edge_app.trap.detect.policy import decide
 from edge_app.trap.hardware.factory import make_camera, make_sim_world
 from edge_app.trap.hardware.trigger import PirTrigger, make_pin_factory
+from edge_app.trap.health import Heart
 from edge_app.trap.settings import Settings
 from edge_app.trap.store.pipeline import EventStore
 from edge_app.trap.store.retention import Housekeeper
 from edge_app.trap.supervisor import StageQueue, Supervisor, sd_notify
 from edge_app.trap.uplink.mqtt import MqttLink
+from edge_app.trap.watchdog import from_environment as watchdog_from_environment
 
 if TYPE_CHECKING:
     from edge_app.sim.world import SimWorld
@@ -50,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 STORE_RETRY = Backoff(1.0, 60.0, jitter="none")
 """A store write that failed (card full or gone) is retried 1, 2, 4 … 60 s later."""
+
+LINK_DEADLINE_S = 300.0
+"""The uplink and LoRa loops wake at least every 60 s; five missed turns means stuck."""
 
 BACKGROUND_SHOT = "background"
 """``TriggerEvent.source`` of a scheduled background shot (not a PIR trigger: learnt, never
@@ -140,14 +145,23 @@ class App:
         if cfg.hardware.backend == "sim":
             self.world = make_sim_world(self.pin_factory, cfg.trigger.pin, self.camera, self.clock)
         self.supervisor = Supervisor(self.clock)
+        # Watched stages (edge_app/trap/health.py): the three on the data path beat per item
+        # and while they wait for one; the links beat once per turn of their loops, which
+        # wake at least every minute even when the server is unreachable (an outage is the
+        # link working as designed; a link thread stuck in a call is not).
+        deadline = cfg.watchdog.stage_deadline_s
+        link_deadline = max(deadline, LINK_DEADLINE_S)
         self.supervisor.add("housekeeping", Housekeeper(cfg, self.clock).run)
         if self.link is not None:
-            self.supervisor.add("uplink", self.link.run, self.link.wake)
+            self.supervisor.add("uplink", self.link.run, self.link.wake, link_deadline)
+            self.link.beat = self.supervisor.heart("uplink")
         if self.lora is not None:
-            self.supervisor.add("lorawan", self.lora.run, self.lora.interrupt)
-        self.supervisor.add("store", self._store_loop, self.decided.wake)
-        self.supervisor.add("detect", self._detect_loop, self.bursts.wake)
-        self.supervisor.add("capture", self._capture_loop, self.triggers.wake)
+            self.supervisor.add("lorawan", self.lora.run, self.lora.interrupt, link_deadline)
+            self.lora.beat = self.supervisor.heart("lorawan")
+        self.supervisor.add("store", self._store_loop, self.decided.wake, deadline)
+        self.supervisor.add("detect", self._detect_loop, self.bursts.wake, deadline)
+        self.supervisor.add("capture", self._capture_loop, self.triggers.wake, deadline)
+        self.watchdog = watchdog_from_environment(self.supervisor.health, self.clock, sd_notify)
         bg = cfg.background
         if bg.enabled and bg.shot_every_s > 0 and (cfg.hardware.backend != "sim"
                                                    or bg.shots_in_sim):
@@ -180,7 +194,8 @@ class App:
                     0, self.clock.monotonic(), self.clock.wall(), BACKGROUND_SHOT))
 
     def _capture_loop(self, stop: threading.Event) -> None:
-        while (ev := self.triggers.get(stop)) is not None:
+        beat = self.supervisor.heart("capture")
+        while (ev := self.triggers.get(stop, beat)) is not None:
             cam = self.cfg.camera
             if ev.source == BACKGROUND_SHOT:  # one frame of the scene as it is
                 cam = replace(cam, pre_trigger_frames=0, burst_frames=1)
@@ -189,7 +204,8 @@ class App:
                 self.counters.triggers_dropped += 1
 
     def _detect_loop(self, stop: threading.Event) -> None:
-        while (burst := self.bursts.get(stop)) is not None:
+        beat = self.supervisor.heart("detect")
+        while (burst := self.bursts.get(stop, beat)) is not None:
             # Motion gate, detector and classifier per frame; unreadable frames come back
             # as None (logged by the pipeline) and never count as evidence of emptiness.
             results: list[FrameResult | None] = self.pipeline.analyse_burst(burst.frames)
@@ -244,10 +260,11 @@ class App:
 
     def _store_loop(self, stop: threading.Event) -> None:
         self.store.open()  # the store thread owns its SQLite connection
+        beat = self.supervisor.heart("store")
         try:
-            while (item := self.decided.get(stop)) is not None:
+            while (item := self.decided.get(stop, beat)) is not None:
                 burst, verdict = item
-                stored, ok = self._record(burst, verdict, stop)
+                stored, ok = self._record(burst, verdict, stop, beat)
                 if not ok:
                     return
                 if verdict.outcome == "discard":
@@ -268,16 +285,18 @@ class App:
             self.store.close()
 
     def _record(
-        self, burst: Burst, verdict: Verdict, stop: threading.Event
+        self, burst: Burst, verdict: Verdict, stop: threading.Event, beat: Heart
     ) -> tuple[object | None, bool]:
         """Store one decided trigger, retrying while the card is full or read-only.
 
         A decided event must not be dropped because the disk hiccuped, so the store stage
         holds on to it and retries with backoff (which also stalls detect behind it, by design:
-        back-pressure rather than loss). Returns (stored record or None, False if stopping).
+        back-pressure rather than loss). Waiting for the card is working as designed, so the
+        stage keeps beating meanwhile. Returns (stored record or None, False if stopping).
         """
         failures = 0
         while True:
+            beat()
             try:
                 return self.store.record(burst, verdict), True
             except StorageError as e:
@@ -370,6 +389,11 @@ class App:
             "models": {"detector": self.cfg.detector.detector,
                        "classifier": self.cfg.detector.classifier or None,
                        "head": self.cfg.detector.head or None},
+            "stages": {"crashes": self.supervisor.crash_counts(),
+                       "health": self.supervisor.health.snapshot()},
+            "watchdog": {"pings": self.watchdog.stats.pings,
+                         "withheld": self.watchdog.stats.withheld,
+                         "late": list(self.watchdog.stats.late_now)},
         }
         if self.background is not None:
             # Read from the uplink thread while detect may add: a torn read of two ints is
@@ -418,8 +442,7 @@ def run_daemon(cfg: Config, models: str | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     app.start()
     sd_notify("READY=1")
-    while not app.supervisor.done.wait(20.0):
-        sd_notify("WATCHDOG=1")
+    app.watchdog.run(app.supervisor.done)  # until a signal or a stage gives up
     sd_notify("STOPPING=1")
     late = app.stop(5.0)
     if late:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from edge_app.core.clock import Clock
+from edge_app.trap.health import Heart, StageHealth
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +86,21 @@ class StageQueue(Generic[T]):
                 continue
         return False
 
-    def get(self, stop: threading.Event) -> T | None:
-        """Block until an item arrives; None once ``stop`` is set (no polling while idle)."""
+    def get(self, stop: threading.Event, beat: Heart | None = None) -> T | None:
+        """Block until an item arrives; None once ``stop`` is set.
+
+        With ``beat`` the consumer's heart beats every ``beat.every_s`` while it waits (a
+        waiting stage is a healthy one); without it the wait has no timeout at all.
+        """
         while True:
+            if beat is not None:
+                beat()
             if stop.is_set():
                 return self._drain() if self._drain_on_stop else None
-            item = self._q.get()
+            try:
+                item = self._q.get(timeout=beat.every_s if beat is not None else None)
+            except queue.Empty:
+                continue
             if isinstance(item, _Wake):
                 continue
             return item
@@ -154,6 +164,7 @@ class Supervisor:
         self._window = window_s
         self._delay = restart_delay_s
         self._workers: list[Worker] = []
+        self.health = StageHealth(clock)
         self.done = threading.Event()
         self.failed: str | None = None
 
@@ -162,9 +173,24 @@ class Supervisor:
         name: str,
         target: Callable[[threading.Event], None],
         unblock: Callable[[], None] | None = None,
+        deadline_s: float | None = None,
     ) -> None:
-        """Register a stage; stages start in the order added and stop in reverse."""
+        """Register a stage; stages start in the order added and stop in reverse.
+
+        With ``deadline_s`` the stage is watched: it must beat through :meth:`heart` at least
+        that often, or the watchdog stops pinging (:mod:`edge_app.trap.watchdog`).
+        """
         self._workers.append(Worker(name, target, unblock))
+        if deadline_s is not None:
+            self.health.watch(name, deadline_s)
+
+    def heart(self, name: str) -> Heart:
+        """The beat of stage ``name`` (a no-op for an unwatched stage)."""
+        return self.health.heart(name)
+
+    def crash_counts(self) -> dict[str, int]:
+        """Crashes per stage since start (the stats message)."""
+        return {w.name: w.crashes for w in self._workers}
 
     @property
     def workers(self) -> list[Worker]:

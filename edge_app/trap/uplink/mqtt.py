@@ -148,6 +148,7 @@ class MqttLink:
                              cmd_topic(m.topic_prefix, cfg.unit.id, ""), self.receipt_refusals)
         self._events: queue.Queue[Event] = queue.Queue()
         self._wake_pending = threading.Event()
+        self.beat: Callable[[], None] = lambda: None  # the watchdog's, set by the daemon
         self.counters = Counters(LinkStats())  # written here, read by other threads
         self._state = LinkState.STOPPED
         self._started_mono = self.clock.monotonic()
@@ -237,6 +238,7 @@ class MqttLink:
               conn: sqlite3.Connection) -> None:
         next_housekeeping = self.clock.monotonic()
         while not stop.is_set():
+            self.beat()
             now, mono = self.clock.wall(), self.clock.monotonic()
             if mono >= next_housekeeping:
                 self.rows.housekeeping(now)

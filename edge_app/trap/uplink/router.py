@@ -167,6 +167,7 @@ class LoraRouter:
         self._rng = rng or random.Random()
         self.plan = band_plan(self.lw.region, self.lw.duty_cycle)
         self._wake = threading.Event()
+        self.beat: Callable[[], None] = lambda: None  # the watchdog's, set by the daemon
         self.counters = Counters(RouterStats())  # written by the router, read by stats
         self.refusals = Refusals("lorawan downlinks", self.clock)
         self.door = DownlinkDoor(self.refusals, self._count, lambda: self.lw.accept_commands,
@@ -247,6 +248,7 @@ class LoraRouter:
         self.open()
         try:
             while not stop.is_set() and not self.radio.stopping:
+                self.beat()
                 self._wake.clear()
                 delay = self.step() - self.clock.wall()
                 if delay > 0 and not stop.is_set():

@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # (command, module, help). The modules must import cheaply: heavy imports go inside main().
 BENCHES: list[tuple[str, str, str]] = [
-    ("detect", "edge_app.tools.bench_detect", "per-stage detection timings vs bare invoke(), RSS"),
+    ("detect", "edge_app.tools.bench_detect", "per-stage detection timings vs bare invoke(), RSS "
+     "(--live: camera arrays, no JPEG decode)"),
     ("motion", "edge_app.tools.bench_motion", "what the motion gate saves on real bursts"),
     ("outbox", "edge_app.tools.bench_outbox", "durable enqueue, drain with receipts, 10k backlog "
      "(starts its own mosquitto)"),
@@ -245,6 +246,8 @@ AREA_COMMANDS: list[tuple[str, str, str]] = [
      "adapt reads)"),
     ("lorawan", "edge_app.tools.lorawan_cli", "LoRaWAN payload tools: encode/decode alerts, "
      "status and commands"),
+    ("power-budget", "edge_app.tools.power_budget", "days on a battery and trigger latency "
+     "per power mode (always-on, gated, hybrid), with sources"),
 ]
 
 

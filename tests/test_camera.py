@@ -13,8 +13,9 @@ from PIL import Image
 from edge_app.core.clock import FakeClock
 from edge_app.core.config import CameraConfig
 from edge_app.core.errors import ConfigError, HardwareUnavailable
-from edge_app.sim.cameras import ReplayCamera, SyntheticCamera
+from edge_app.sim.cameras import FakePiCamera, ReplayCamera, SyntheticCamera
 from edge_app.trap.hardware.camera import SIM_RING_INTERVAL_S, PiCamera2Camera, SceneCamera
+from edge_app.trap.hardware.camera_guard import CameraGuard
 from edge_app.trap.hardware.factory import make_camera
 
 
@@ -177,21 +178,29 @@ def test_synthetic_scene_names_and_recent_flags() -> None:
 # -- factory and the Pi adapter --------------------------------------------------------------
 
 
-def test_make_camera_by_source(tmp_path: Path) -> None:
+def test_make_camera_by_source_always_guarded(tmp_path: Path) -> None:
     clock = FakeClock()
     folder = jpegs(tmp_path, ["a.jpg"])
     replay = make_camera(CameraConfig(source="replay", images_dir=str(folder)), "sim", clock)
     synthetic = make_camera(CameraConfig(source="synthetic", width=64, height=64), "sim", clock)
-    assert isinstance(replay, ReplayCamera)
-    assert isinstance(synthetic, SyntheticCamera)
-    assert isinstance(replay, SceneCamera)
-    assert isinstance(synthetic, SceneCamera)
+    fake = make_camera(CameraConfig(source="picamera2-fake", images_dir=str(folder)), "sim",
+                       clock)
+    for cam in (replay, synthetic, fake):
+        assert isinstance(cam, CameraGuard)
+    assert isinstance(replay.inner, ReplayCamera)
+    assert isinstance(synthetic.inner, SyntheticCamera)
+    assert isinstance(fake.inner, FakePiCamera)
+    # the guard passes the inner camera's own attributes through: the sim world's check
+    for cam in (replay, synthetic, fake):
+        assert isinstance(cam, SceneCamera)
+    assert [p.name for p in replay.files] == ["a.jpg"]
     pi = make_camera(CameraConfig(source="picamera2"), "pi", clock)
-    assert isinstance(pi, PiCamera2Camera)
+    assert isinstance(pi.inner, PiCamera2Camera)
     assert not isinstance(pi, SceneCamera)
-    with pytest.raises(ConfigError) as err:
-        make_camera(CameraConfig(source="picamera2"), "sim", clock)
-    assert err.value.key == "camera.source"
+    for source, backend in (("picamera2", "sim"), ("picamera2-fake", "pi")):
+        with pytest.raises(ConfigError) as err:
+            make_camera(CameraConfig(source=source, images_dir=str(folder)), backend, clock)
+        assert err.value.key == "camera.source"
 
 
 def test_picamera2_unavailable_here_is_a_clear_error() -> None:

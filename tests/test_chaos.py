@@ -183,7 +183,13 @@ def test_daemon_kill9_ten_times_during_bursts(
             try:
                 wait_until(lambda n=i: log.read_text().count("running as") > n, 60,  # type: ignore[misc]
                            "start-up", log)
-                time.sleep(rng.uniform(0.4, 2.0))  # somewhere in a burst, store or send
+                # Each run decides at least one alert before it dies (so ten runs prove ten
+                # alerts, however slow the machine starts), then dies somewhere in the next
+                # burst, store or send.
+                before = len(alerts_decided(db))
+                wait_until(lambda b=before: len(alerts_decided(db)) > b, 60,  # type: ignore[misc]
+                           "an alert decided in this run", log)
+                time.sleep(rng.uniform(0.0, 1.0))
             finally:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)

@@ -90,7 +90,10 @@ class HardwareConfig:
 
 @dataclass(frozen=True)
 class TriggerConfig:
-    source: Literal["gpio"] = _f("gpio", "where motion comes from (gpio PIR; mcu later)")
+    source: Literal["gpio", "mcu"] = _f(
+        "gpio", "where motion comes from: gpio = the PIR on trigger.pin of the Pi; mcu = "
+        "TRIGGER frames of the supervisor MCU ([mcu]), stamped by its RTC (triggers taken "
+        "while the Pi was off or booting keep their real time)")
     pin: int = _f(17, "BCM pin of the PIR output (active high)", min=0, max=27)
     device: Literal["motion_sensor", "edge"] = _f(
         "motion_sensor", "motion_sensor: gpiozero MotionSensor, sampled at sample_rate_hz "
@@ -107,10 +110,11 @@ class TriggerConfig:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    source: Literal["replay", "synthetic", "picamera2"] = _f(
+    source: Literal["replay", "synthetic", "picamera2", "picamera2-fake"] = _f(
         "picamera2", "replay: a folder of JPEGs; synthetic: generated scenes; picamera2: the Pi "
-        "camera")
-    images_dir: str = _path("", "replay: the folder of JPEGs")
+        "camera; picamera2-fake: the Pi camera's code over a fake of the picamera2 API showing "
+        "the images of camera.images_dir (the live path in simulation)")
+    images_dir: str = _path("", "replay, picamera2-fake: the folder of JPEGs")
     order: Literal["sorted", "shuffle"] = _f("sorted", "replay: order of the images")
     seed: int = _f(1, "replay shuffle / synthetic scene seed")
     width: int = _f(1280, "frame width in pixels (synthetic, picamera2)", min=64, max=8192)
@@ -120,6 +124,23 @@ class CameraConfig:
     burst_interval_s: float = _f(0.3, "time between burst frames", min=0, max=10)
     pre_trigger_frames: int = _f(1, "frames kept from just before the trigger (ring buffer)",
                                  min=0, max=10)
+    lores_width: int = _f(640, "picamera2: width of the small YUV420 stream that feeds the "
+                          "pre-trigger ring and the motion gate (height follows the frame's "
+                          "aspect ratio; at most camera.width)", min=64, max=4096)
+    capture_timeout_s: float = _f(5.0, "a capture that has not returned after this long is "
+                                  "abandoned and the camera is closed and reopened in-process "
+                                  "(a frame takes ~33 ms; night exposures up to ~1 s)",
+                                  min=0.5, max=120)
+    open_timeout_s: float = _f(15.0, "opening the camera (start, exposure settling) or closing "
+                               "it is abandoned after this long", min=1, max=300)
+    settle_timeout_s: float = _f(2.0, "after start, wait at most this long for exposure and "
+                                 "white balance to settle before the first shot (white balance "
+                                 "takes 0.5-0.7 s)", min=0, max=30)
+    max_reopens: int = _f(3, "reopenings in a row that bring no frame before the camera is "
+                          "given up (the capture stage then fails and the MCU is asked for a "
+                          "power cycle)", min=1, max=20)
+    reopen_backoff_s: float = _f(1.0, "wait before the first reopening; doubles for each "
+                                 "further one, up to 30 s", min=0, max=60)
 
 
 @dataclass(frozen=True)
@@ -354,6 +375,127 @@ class WatchdogConfig:
 
 
 @dataclass(frozen=True)
+class McuConfig:
+    """The supervisor MCU on the Pi's UART (firmware/PROTOCOL.md); in use when
+    ``trigger.source = "mcu"`` or ``enabled``."""
+
+    enabled: bool = _f(False, "talk to the supervisor MCU (power, battery, solar, "
+                       "temperature, RTC) also with trigger.source = 'gpio'; trigger.source "
+                       "= 'mcu' uses it anyway")
+    port: str = _f("/dev/serial0", "serial port or pyserial URL of the MCU's UART (Pi "
+                   "GPIO14/15); hardware.backend = 'sim' runs the firmware on a pty instead")
+    baudrate: int = _f(115200, "UART speed (the firmware's is 115200)", min=9600, max=921600)
+    heartbeat_s: float = _f(30.0, "send a heartbeat this often; keep it well under the "
+                            "firmware's heartbeat_timeout_s (120 s) or the MCU power-cycles "
+                            "a healthy Pi", min=1, max=600)
+    status_every_s: float = _f(60.0, "ask for battery, solar, temperature and counters this "
+                               "often (the stats message shows the latest)", min=5, max=3600)
+    time_sync_every_s: float = _f(3600.0, "set the MCU's RTC from the Pi's clock at most this "
+                                  "often, only while NTP or GPS keeps the Pi's clock synced",
+                                  min=60, max=86400)
+    power_off_timeout_s: int = _f(60, "after POWER_OFF the MCU cuts the Pi's power when the "
+                                  "halt pin goes high, or after this many seconds at the "
+                                  "latest", min=1, max=600)
+    reply_timeout_s: float = _f(0.5, "an MCU command with no reply after this is sent again",
+                                gt=0, max=10)
+    attempts: int = _f(3, "sends of one MCU command before it has failed", min=1, max=10)
+
+
+@dataclass(frozen=True)
+class PowerConfig:
+    """Power modes (edge_app/trap/power.py) and the SCHEDULE the supervisor MCU holds.
+
+    Windows are UTC because the MCU's RTC and the SCHEDULE frame are UTC (minutes after UTC
+    midnight) and UTC has no daylight-saving jumps; the doc line gives the Primorye example.
+    The MCU's power-off timeout is ``mcu.power_off_timeout_s`` (one key, not two).
+    """
+
+    mode: Literal["always-on", "gated", "hybrid"] = _f(
+        "always-on", "always-on: the Pi stays up, camera streaming (0.1 s trigger latency, "
+        "days on a battery); gated: the MCU powers the Pi per trigger, it shuts down when the "
+        "outbox is delivered (boot-time latency, months on a battery); hybrid: always-on in "
+        "windows or while the battery is high, gated otherwise; see camtrap power-budget")
+    windows: list[str] = _f([], "hybrid: always-on windows 'HH:MM-HH:MM' in UTC (end before "
+                            "start wraps midnight; at most 6), e.g. Primorye (UTC+10) dusk to "
+                            "dawn 18:00-07:00 local is '08:00-21:00'")
+    hybrid_above_v: float = _f(0.0, "hybrid: also always-on while the battery is at or above "
+                               "this voltage (0 = windows only)", min=0, max=65.535)
+    hybrid_hysteresis_v: float = _f(0.2, "hybrid: the battery rule ends below hybrid_above_v "
+                                    "minus this (no flapping on load sag)", min=0, max=5)
+    idle_shutdown_s: float = _f(20.0, "gated: shut down once the outbox is delivered and no "
+                                "trigger came for this long (each second up costs ~1.6 W on "
+                                "a Zero 2 W with the camera on)", min=1, max=3600)
+    max_uptime_s: float = _f(300.0, "gated: shut down after this long up per wake even if the "
+                             "outbox is not delivered (the link is down; the next wake "
+                             "retries)", min=10, max=86400)
+
+
+@dataclass(frozen=True)
+class IrConfig:
+    """Day/night (edge_app/trap/daynight.py) and the IR outputs (trap/hardware/ir.py)."""
+
+    enabled: bool = _f(False, "switch the IR-cut filter and pulse the IR illuminator by the "
+                       "light level in the camera's metadata (the sun at unit.location until "
+                       "the first reading)")
+    filter: Literal["none", "level", "pulse"] = _f(
+        "pulse", "IR-cut filter drive: none (no switchable filter); level: filter_night_pin "
+        "held active at night; pulse: a latching filter moved by a filter_ms pulse on "
+        "filter_night_pin (filter out) or filter_day_pin (filter in)")
+    filter_night_pin: int = _f(5, "BCM pin: level: active at night; pulse: pulsed to take "
+                               "the filter out", min=0, max=27)
+    filter_day_pin: int = _f(6, "BCM pin pulsed to put the filter back in (pulse only)",
+                             min=0, max=27)
+    filter_active_high: bool = _f(True, "the filter pins are active high (false: active low)")
+    filter_ms: float = _f(100.0, "pulse length (pulse) or settle wait (level) for the filter "
+                          "to move; see the filter's data sheet", min=1, max=1000)
+    led_pin: int = _f(13, "BCM pin switching the IR illuminator (a MOSFET or the board's "
+                      "enable input)", min=0, max=27)
+    led_active_high: bool = _f(True, "the illuminator pin is active high (false: active low)")
+    night_below_lux: float = _f(10.0, "day → night when the camera's Lux falls below this",
+                                gt=0, max=100000)
+    day_above_lux: float = _f(40.0, "night → day when Lux rises above this; keep it well above "
+                              "night_below_lux (with the filter out the sensor also sees "
+                              "near-IR, so dawn reads brighter in night mode)", gt=0,
+                              max=100000)
+    night_above_exposure: float = _f(400.0, "without Lux: day → night when ExposureTime (ms) "
+                                     "× AnalogueGain rises above this (the camera runs out of "
+                                     "exposure)", gt=0, max=1000000)
+    day_below_exposure: float = _f(100.0, "without Lux: night → day when ExposureTime (ms) × "
+                                   "AnalogueGain falls below this", gt=0, max=1000000)
+    dwell_s: float = _f(300.0, "after a switch stay in day or night at least this long "
+                        "(headlights, torches, clouds)", min=0, max=86400)
+    settle_s: float = _f(0.6, "illuminator on this long before a night frame so exposure "
+                         "settles (adds to the night trigger latency)", min=0, max=5)
+    max_on_s: float = _f(5.0, "the illuminator is switched off after this long on, even when "
+                         "a capture hangs", gt=0, max=120)
+    illuminator_w: float = _f(6.0, "the illuminator's draw in W, for the power budget (two "
+                              "3 W 850 nm boards)", min=0, max=100)
+    shed_below_v: float = _f(0.0, "battery (MCU reading) below this: night frames without the "
+                             "illuminator, shed first (0 = never); set it above the MCU's "
+                             "low-voltage cut-off", min=0, max=65.535)
+
+
+WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``"HH:MM-HH:MM"`` → (start, end) in minutes after midnight; end < start wraps midnight.
+
+    Raises:
+        ValueError: not that shape, or start == end (empty or whole-day: say which you mean
+            with the mode instead).
+    """
+    m = WINDOW_RE.match(text.strip())
+    if m is None:
+        raise ValueError(f"must be 'HH:MM-HH:MM' (24 h), got {text!r}")
+    start = int(m.group(1)) * 60 + int(m.group(2))
+    end = int(m.group(3)) * 60 + int(m.group(4))
+    if start == end:
+        raise ValueError(f"start and end are the same in {text!r}")
+    return start, end
+
+
+@dataclass(frozen=True)
 class Config:
     unit: UnitConfig = field(default_factory=UnitConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -366,11 +508,19 @@ class Config:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     lorawan: LorawanConfig = field(default_factory=LorawanConfig)
+    mcu: McuConfig = field(default_factory=McuConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    power: PowerConfig = field(default_factory=PowerConfig)
+    ir: IrConfig = field(default_factory=IrConfig)
 
     @property
     def mqtt_client_id(self) -> str:
         return self.mqtt.client_id or f"camtrap-{self.unit.id}"
+
+    @property
+    def mcu_in_use(self) -> bool:
+        """The supervisor MCU is talked to (``trigger.source = "mcu"`` or ``mcu.enabled``)."""
+        return self.trigger.source == "mcu" or self.mcu.enabled
 
 
 ALERT_LABELS = frozenset({"animal", "person", "vehicle", "leopard", "tiger", "other_big_cat"})
@@ -493,10 +643,20 @@ def _check(cfg: Config) -> None:
         if label not in ALERT_LABELS:
             raise ConfigError(f"policy.alert_on[{i}]",
                               f"unknown label {label!r} (known: {', '.join(sorted(ALERT_LABELS))})")
-    if cfg.camera.source == "replay" and not cfg.camera.images_dir:
-        raise ConfigError("camera.images_dir", "is required when camera.source = 'replay'")
+    if cfg.camera.source in ("replay", "picamera2-fake") and not cfg.camera.images_dir:
+        raise ConfigError("camera.images_dir",
+                          f"is required when camera.source = {cfg.camera.source!r}")
+    if cfg.hardware.backend == "pi" and cfg.camera.source == "picamera2-fake":
+        raise ConfigError("camera.source", "picamera2-fake is a simulation: it needs "
+                          "hardware.backend = 'sim'")
     if cfg.hardware.backend == "sim" and cfg.camera.source == "picamera2":
         raise ConfigError("camera.source", "picamera2 needs hardware.backend = 'pi'")
+    if cfg.camera.source.startswith("picamera2") and cfg.camera.lores_width > cfg.camera.width:
+        raise ConfigError("camera.lores_width", f"must be ≤ camera.width ({cfg.camera.width}): "
+                          "the camera cannot make the small stream larger than the frame")
+    if cfg.camera.open_timeout_s < cfg.camera.settle_timeout_s:
+        raise ConfigError("camera.open_timeout_s", "must be ≥ camera.settle_timeout_s (opening "
+                          "includes the settling)")
     if cfg.hardware.backend == "pi" and cfg.trigger.sim_every_s:
         raise ConfigError("trigger.sim_every_s", "only allowed with hardware.backend = 'sim'")
     for key, on in (("detector.head", bool(cfg.detector.head)),
@@ -523,6 +683,72 @@ def _check(cfg: Config) -> None:
     if not m.topic_prefix or any(c in m.topic_prefix for c in "#+"):
         raise ConfigError("mqtt.topic_prefix", "must be non-empty without '#' or '+'")
     _check_lorawan(cfg)
+    if cfg.mcu_in_use and cfg.hardware.backend == "pi" and not cfg.mcu.port:
+        raise ConfigError("mcu.port", "is required when the supervisor MCU is in use "
+                          "(trigger.source = 'mcu' or mcu.enabled)")
+    _check_power(cfg)
+    _check_ir(cfg)
+
+
+def _check_power(cfg: Config) -> None:
+    pw = cfg.power
+    if len(pw.windows) > 6:
+        raise ConfigError("power.windows", f"at most 6 windows (the MCU's SCHEDULE holds 6), "
+                          f"got {len(pw.windows)}")
+    for i, text in enumerate(pw.windows):
+        try:
+            parse_window(text)
+        except ValueError as e:
+            raise ConfigError(f"power.windows[{i}]", str(e)) from None
+    if pw.max_uptime_s <= pw.idle_shutdown_s:
+        raise ConfigError("power.max_uptime_s", "must be > power.idle_shutdown_s")
+    if pw.hybrid_above_v and pw.hybrid_hysteresis_v >= pw.hybrid_above_v:
+        raise ConfigError("power.hybrid_hysteresis_v", "must be < power.hybrid_above_v")
+    if pw.mode == "hybrid" and not pw.windows and not pw.hybrid_above_v:
+        raise ConfigError("power.windows", "hybrid needs windows or power.hybrid_above_v "
+                          "(without either it is gated)")
+    if pw.mode != "always-on" and not cfg.mcu_in_use:
+        raise ConfigError("power.mode", f"{pw.mode!r} needs the supervisor MCU (mcu.enabled = "
+                          "true or trigger.source = 'mcu'): without it nothing powers the Pi "
+                          "back on")
+
+
+IR_CAPTURE_MARGIN_S = 1.0
+"""``ir.max_on_s`` must exceed the planned illuminator on-time by this (a full-resolution
+capture can take ~0.2 s, formats-and-field §8.7)."""
+
+
+def _check_ir(cfg: Config) -> None:
+    ir, cam = cfg.ir, cfg.camera
+    if ir.day_above_lux <= ir.night_below_lux:
+        raise ConfigError("ir.day_above_lux", f"must be > ir.night_below_lux "
+                          f"({ir.night_below_lux:g}): the gap is the hysteresis")
+    if ir.night_above_exposure <= ir.day_below_exposure:
+        raise ConfigError("ir.night_above_exposure", f"must be > ir.day_below_exposure "
+                          f"({ir.day_below_exposure:g}): the gap is the hysteresis")
+    if not ir.enabled:
+        return
+    pins = {"ir.led_pin": ir.led_pin}
+    if ir.filter != "none":
+        pins["ir.filter_night_pin"] = ir.filter_night_pin
+    if ir.filter == "pulse":
+        pins["ir.filter_day_pin"] = ir.filter_day_pin
+    if cfg.trigger.source == "gpio":
+        pins = {"trigger.pin": cfg.trigger.pin, **pins}
+    seen: dict[int, str] = {}
+    for key, pin in pins.items():
+        if pin in seen:
+            raise ConfigError(key, f"BCM {pin} is already {seen[pin]}")
+        seen[pin] = key
+    # The same rule as edge_app.trap.hardware.ir.longest_on_s (core cannot import trap):
+    # the illuminator stays on between burst frames unless the gap is over 2 × settle_s.
+    longest = ir.settle_s
+    if cam.burst_interval_s <= 2 * ir.settle_s:
+        longest += (cam.burst_frames - 1) * cam.burst_interval_s
+    if ir.max_on_s < longest + IR_CAPTURE_MARGIN_S:
+        raise ConfigError("ir.max_on_s", f"must be ≥ {longest + IR_CAPTURE_MARGIN_S:g} s: a "
+                          f"night burst keeps the illuminator on for {longest:g} s plus the "
+                          "captures (or shorten the burst)")
 
 
 def _check_lorawan(cfg: Config) -> None:

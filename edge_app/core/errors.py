@@ -48,3 +48,26 @@ class HardwareUnavailable(EdgeAppError, OSError):
 
 class StorageError(EdgeAppError, OSError):
     """The media store or the database cannot be written (disk full, read-only card)."""
+
+
+class CameraTimeout(HardwareUnavailable):
+    """A camera call did not return within its bound (a frontend timeout, a hung driver).
+
+    The call itself may still be stuck in the driver; whoever raises this has stopped waiting
+    for it, nothing more.
+    """
+
+
+class CameraFailed(HardwareUnavailable):
+    """The camera stayed broken after every reopening allowed (``camera.max_reopens``).
+
+    Raised by the capture guard so that the capture stage fails visibly instead of waiting on
+    a dead camera; by then the guard has asked for a power cycle (its ``on_give_up``).
+
+    Attributes:
+        reopens: reopenings tried in a row before giving up.
+    """
+
+    def __init__(self, message: str, reopens: int = 0) -> None:
+        super().__init__(message)
+        self.reopens = reopens

@@ -6,8 +6,12 @@ Flow: :class:`TriggerEvent` (trigger) → :class:`Burst` of :class:`Frame` (capt
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
 
 Category = Literal["animal", "person", "vehicle"]
 Label = Literal["empty", "animal", "person", "vehicle"]
@@ -27,25 +31,46 @@ class TriggerEvent:
         mono: monotonic time of the edge (for latency).
         wall: wall time of the edge (the event's timestamp).
         source: what fired, e.g. ``pir:17`` or ``mcu``.
+        time_source: what ``wall`` was read from when it is not the Pi's own clock: ``rtc``
+            (the supervisor MCU's RTC stamped the PIR edge); empty for the Pi's clock, whose
+            source (``gps``, ``ntp``, ``none``) the store asks for when it records the event.
     """
 
     number: int
     mono: float
     wall: float
     source: str
+    time_source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One JPEG-encoded frame.
+    """One frame: JPEG bytes (a replayed file), raw pixels (the Pi camera), or both.
+
+    Two shapes, one type. A replayed file arrives as ``jpeg`` and reaches the detector and the
+    card byte for byte. The Pi camera hands over arrays (the *live path*): ``pixels`` goes to
+    the detector without an encode and a decode, and ``jpeg`` stays empty until the store
+    encodes the one frame it keeps. Encoding every frame at capture, as the first adapter
+    did, cost more CPU than the rest of the pre-processing together and was thrown away for
+    every discarded trigger.
 
     Attributes:
-        jpeg: the encoded image as the camera produced it (stored as-is if chosen).
+        jpeg: the encoded image as the camera produced it (stored as-is if chosen); empty when
+            the frame has ``pixels`` only.
         mono: monotonic capture time.
         wall: wall capture time.
         index: position in the burst (pre-trigger frames first, from 0).
         pre_trigger: True for frames taken from the ring buffer before the edge.
         name: where the frame came from (file name for replay), for logs and tests.
+        pixels: the upright frame as uint8, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBX (the
+            fourth byte ignored), owned by this frame (never a camera buffer that is reused);
+            None for a JPEG-only frame. Pre-trigger frames of the Pi camera carry the smaller
+            ring-buffer (lores) image here.
+        lores: a small greyscale ``(h, w)`` uint8 copy of the same frame (the camera's lores
+            stream, Y plane), for the motion gate; None when the camera has none.
+        metadata: what the camera reported for this frame (``Lux``, ``ExposureTime`` in µs,
+            ``AnalogueGain``...), already checked for finite, in-range values; empty when
+            unknown.
     """
 
     jpeg: bytes
@@ -54,6 +79,16 @@ class Frame:
     index: int
     pre_trigger: bool
     name: str = ""
+    pixels: NDArray[np.uint8] | None = field(default=None, compare=False, repr=False)
+    lores: NDArray[np.uint8] | None = field(default=None, compare=False, repr=False)
+    metadata: Mapping[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) of ``pixels``, or None for a JPEG-only frame."""
+        if self.pixels is None:
+            return None
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,21 +11,27 @@ EXIF-rotated files included), exactly as a real capture would be stored.
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from edge_app.core.clock import Clock, SystemClock
+from edge_app.core.config import CameraConfig
 from edge_app.core.errors import ConfigError, HardwareUnavailable
 from edge_app.core.events import Frame
+from edge_app.sim import light as scene_light
+from edge_app.sim.picamera2_fake import CameraFaults, Picamera2, image_files
 from edge_app.trap.hardware.camera import (
     JPEG_SUFFIXES,
     SIM_RING_INTERVAL_S,
+    PiCamera2Camera,
     encode_jpeg,
     ring_times,
 )
@@ -86,6 +92,7 @@ class ReplayCamera:
         self._lock = threading.Lock()  # guards _pos, _cache
         self._pos = -1  # index of the current scene; -1 = before the first advance
         self._cache: tuple[int, bytes] | None = None
+        self._light: tuple[int, dict[str, float]] | None = None
         logger.info("replaying %d images from %s (%s)", len(files), folder, order)
 
     @property
@@ -139,8 +146,26 @@ class ReplayCamera:
             for k, (m, w) in enumerate(ring_times(self._clock, n, SIM_RING_INTERVAL_S))
         ]
 
+    def metadata(self) -> dict[str, float]:
+        """Light metadata estimated from the current image (:mod:`edge_app.sim.light`):
+        a grey infrared frame reads as night, a colour one as day, darker as darker."""
+        pos, data = self._current_pos()
+        with self._lock:
+            if self._light is not None and self._light[0] == pos:
+                return dict(self._light[1])
+        md = _jpeg_metadata(data)
+        with self._lock:
+            self._light = (pos, md)
+        return dict(md)
+
     def close(self) -> None:
         """Nothing to release."""
+
+    def _current_pos(self) -> tuple[int, bytes]:
+        self._current()
+        with self._lock:
+            assert self._cache is not None
+            return self._cache
 
     def _current(self) -> tuple[str, bytes]:
         with self._lock:
@@ -194,6 +219,8 @@ class SyntheticCamera:
         self.quality = quality
         self._clock: Clock = clock or SystemClock()
         self._horizon, self._base = self._background()
+        small = self._base[:: max(1, height // 48), :: max(1, width // 64)]
+        self._base_light = scene_light.measure(small.astype(np.uint8))
         self._lock = threading.Lock()  # guards _scene, _occupied, _frame
         self._scene = 0
         self._occupied = False
@@ -262,6 +289,16 @@ class SyntheticCamera:
             )
             for k, (m, w) in enumerate(ring_times(self._clock, n, SIM_RING_INTERVAL_S))
         ]
+
+    def metadata(self) -> dict[str, float]:
+        """Light metadata of the current scene: the background's brightness times the
+        scene's light level (its time of day), through :mod:`edge_app.sim.light`."""
+        with self._lock:
+            scene = self._scene
+        light = float(self._rng(scene, "scene").uniform(0.85, 1.15))
+        base = self._base_light
+        return scene_light.camera_metadata(
+            scene_light.light_of(min(base.mean_luma * light, 255.0), base.chroma * light))
 
     def close(self) -> None:
         """Nothing to release."""
@@ -357,3 +394,75 @@ class SyntheticCamera:
         for sx, sy in spots:
             x, y = cx + sx * length, (top + bottom) / 2 + sy * depth
             draw.ellipse((x - r, y - r, x + r, y + r), fill=dark)
+
+
+def _jpeg_metadata(data: bytes) -> dict[str, float]:
+    """Light metadata of a JPEG, decoded at 1/8 scale; {} for an undecodable file (a
+    truncated frame still decodes as far as it goes)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (64, 64))
+            small = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
+        return {}
+    return scene_light.camera_metadata(scene_light.measure(small))
+
+
+class FakePiCameraRig:
+    """A Pi camera module on its cable, in simulation: makes the picamera2 API fakes the
+    adapter opens (a new one per opening, as on the Pi) and keeps what outlives an opening:
+    the scene in front of the lens and the fault plan.
+
+    Args:
+        images: the replay images (a folder, searched recursively, or files).
+        clock: frame pacing and timestamps.
+        frame_rate: frames per second (0: as fast as asked, for benchmarks).
+        faults: the shared fault plan (default: a new, empty one).
+    """
+
+    def __init__(self, images: str | Path | Sequence[str | Path], clock: Clock,
+                 frame_rate: float = 30.0, faults: CameraFaults | None = None) -> None:
+        self.images = images
+        self.clock = clock
+        self.frame_rate = frame_rate
+        self.faults = faults or CameraFaults()
+        self.scene = 0
+        self.current: Picamera2 | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> Picamera2:
+        """A new ``Picamera2`` looking at the current scene (the adapter's factory)."""
+        cam = Picamera2(images=self.images, clock=self.clock, faults=self.faults,
+                        frame_rate=self.frame_rate)
+        with self._lock:
+            cam.show(self.scene)
+            self.current = cam
+        return cam
+
+    def advance(self) -> str:
+        """Put the next image in front of the camera; returns its name."""
+        with self._lock:
+            cam = self.current
+            self.scene += 1
+            if cam is None:
+                return f"scene-{self.scene}"
+            return cam.show(self.scene)
+
+
+class FakePiCamera(PiCamera2Camera):
+    """The real picamera2 adapter over the picamera2 API fake (``camera.source =
+    "picamera2-fake"``): the live path (arrays, lores ring, settling, timeouts) in simulation,
+    with a scene the simulated world can change."""
+
+    def __init__(self, cfg: CameraConfig, clock: Clock, rig: FakePiCameraRig | None = None
+                 ) -> None:
+        if rig is None:
+            if not image_files(cfg.images_dir):
+                raise ConfigError("camera.images_dir", f"no images in {cfg.images_dir!r}")
+            rig = FakePiCameraRig(cfg.images_dir, clock)
+        self.rig = rig
+        super().__init__(cfg, clock, self.rig.open)
+
+    def advance(self) -> str:
+        """Move to the next scene and return its name."""
+        return self.rig.advance()

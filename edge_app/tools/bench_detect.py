@@ -34,6 +34,10 @@ the same files (1/8 scale, greyscale: DC coefficients only). Entropy decoding re
 coefficient whatever the output size, so this is a floor under the decode stage that no
 pre-processing work can go below while frames arrive as JPEG.
 
+``--live`` benchmarks the camera-array path instead (frames from the Pi camera adapter over the
+picamera2 API fake, no JPEG decode) next to the same frames as JPEGs: see
+:mod:`edge_app.tools.bench_live`. Its JSON has the same shape.
+
 Speed is reported, never asserted: timed tests are flaky and say nothing about a Pi.
 """
 
@@ -49,12 +53,11 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge_app.core.models_dir import SEARCH_HELP
-
-if TYPE_CHECKING:
-    from edge_app.core.events import FrameResult
+from edge_app.tools.bench_frames import alloc_peak_kb as _alloc_peak_kb
+from edge_app.tools.bench_frames import classifier_passes as _classifier_passes
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "head of the same shape; the cost does not depend on the weights)")
     p.add_argument("--no-site", action="store_true",
                    help="leave the embedding, head and background out")
+    p.add_argument("--live", action="store_true",
+                   help="the camera-array path: frames from the Pi camera adapter over the "
+                   "picamera2 API fake, as arrays (no JPEG decode), next to the same frames as "
+                   "JPEGs; same JSON shape")
+    p.add_argument("--size", type=_size, default=None, metavar="WxH",
+                   help="--live: the camera's main stream size (default: camera.width x "
+                   "camera.height, 1280x720)")
+    p.add_argument("--lores-width", type=int, default=640, metavar="PX",
+                   help="--live: width of the camera's lores stream (default 640)")
     p.add_argument("--rss-probe", metavar="IMAGE", help=argparse.SUPPRESS)
     p.add_argument("--rss-site", action="store_true", help=argparse.SUPPRESS)
 
@@ -91,12 +103,23 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else 0.0
 
 
+def _size(text: str) -> tuple[int, int]:
+    from edge_app.tools.bench_live import parse_size
+
+    return parse_size(text)
+
+
 def _default_images(models_dir: Path) -> Path:
     return models_dir.parent / "images" / "cameratrapai"
 
 
 def bench_images(folder: Path, min_side: int) -> list[tuple[str, bytes]]:
     """(name, JPEG bytes) of every image in ``folder`` whose long side is ≥ ``min_side``."""
+    return [(name, path.read_bytes()) for name, path in bench_paths(folder, min_side)]
+
+
+def bench_paths(folder: Path, min_side: int) -> list[tuple[str, Path]]:
+    """(name, path) of every image in ``folder`` whose long side is ≥ ``min_side``."""
     from PIL import Image
 
     from edge_app.tools.batch import expand_paths
@@ -106,7 +129,7 @@ def bench_images(folder: Path, min_side: int) -> list[tuple[str, bytes]]:
         with Image.open(path) as im:
             if max(im.size) < min_side:
                 continue
-        out.append((name, path.read_bytes()))
+        out.append((name, path))
     return out
 
 
@@ -338,41 +361,6 @@ def _entropy_floor_ms(images: list[tuple[str, bytes]]) -> float | None:
     return round(_median(times), 2) if times else None
 
 
-def _alloc_peak_kb(p: Any, images: list[tuple[str, bytes]]) -> float:
-    """Median over frames of the peak Python/numpy memory allocated while analysing one.
-
-    tracemalloc sees numpy's buffers and Python objects, not Pillow's own image memory (the
-    resized letterbox and crops) nor the interpreter's arena; it is the part of the hot path
-    our code controls, and a regression there (a full-frame float copy) shows up at once.
-    """
-    import tracemalloc
-
-    peaks = []
-    tracemalloc.start()
-    try:
-        for _, data in images:
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            p.analyse(data)
-            peaks.append((tracemalloc.get_traced_memory()[1] - base) / 1024)
-    finally:
-        tracemalloc.stop()
-    return _median(peaks)
-
-
-def _classifier_passes(r: FrameResult) -> int:
-    """How many classifier passes a frame result needed (crops, or the whole frame)."""
-    from edge_app.trap.detect.pipeline import MAX_CLASSIFIED
-
-    if not r.detections:
-        return 1  # the whole-frame pass ran and found nothing
-    whole = r.detections[0].bbox == (0.0, 0.0, 1.0, 1.0) and len(r.detections) == 1
-    if whole:
-        return 1
-    animals = sum(d.category == "animal" for d in r.detections)
-    return min(animals, MAX_CLASSIFIED)
-
-
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark; exit 2 on a bad models or images folder."""
     from edge_app.core.models_dir import resolve_models_dir
@@ -396,6 +384,14 @@ def main(args: argparse.Namespace) -> int:
     largest = max(images, key=lambda item: len(item[1]))[0]
     detectors = args.detector or detector_cards(models_dir)
     site = not args.no_site and (bool(args.head) or site_available(models_dir))
+    if args.live:
+        from edge_app.core.config import CameraConfig
+        from edge_app.tools import bench_live
+
+        if args.size is None:
+            args.size = (CameraConfig().width, CameraConfig().height)
+        paths = [path for _, path in bench_paths(folder, args.min_side)]
+        return bench_live.main(args, models_dir, folder, paths, detectors, site)
     results = []
     for name in detectors:
         res = bench_detector(models_dir, name, args.classifier, images, args.repeat,

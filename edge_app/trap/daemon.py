@@ -19,6 +19,7 @@ import logging
 import signal
 import statistics
 import threading
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -32,11 +33,21 @@ from edge_app.core.errors import ConfigError, ModelError, StorageError
 from edge_app.core.events import Burst, FrameResult, TriggerEvent, Verdict
 from edge_app.trap.capture import capture_burst
 from edge_app.trap.detect.background import BackgroundMemory
+from edge_app.trap.detect.burst import slim_burst
 from edge_app.trap.detect.pipeline import Pipeline
 from edge_app.trap.detect.policy import decide
-from edge_app.trap.hardware.factory import make_camera, make_sim_world
+from edge_app.trap.hardware.factory import (
+    make_camera,
+    make_mcu,
+    make_sim_world,
+    make_time_source,
+)
+from edge_app.trap.hardware.ir import Lighting, make_lighting
+from edge_app.trap.hardware.mcu import McuError
 from edge_app.trap.hardware.trigger import PirTrigger, make_pin_factory
 from edge_app.trap.health import Heart
+from edge_app.trap.power import PowerObservation, PowerPolicy
+from edge_app.trap.power_stage import PowerStage
 from edge_app.trap.settings import Settings
 from edge_app.trap.store.pipeline import EventStore
 from edge_app.trap.store.retention import Housekeeper
@@ -45,6 +56,7 @@ from edge_app.trap.uplink.mqtt import MqttLink
 from edge_app.trap.watchdog import from_environment as watchdog_from_environment
 
 if TYPE_CHECKING:
+    from edge_app.sim.mcu import McuEmulator
     from edge_app.sim.world import SimWorld
     from edge_app.trap.uplink.router import LoraRouter
 
@@ -52,6 +64,9 @@ logger = logging.getLogger(__name__)
 
 STORE_RETRY = Backoff(1.0, 60.0, jitter="none")
 """A store write that failed (card full or gone) is retried 1, 2, 4 … 60 s later."""
+
+CAMERA_CYCLE_OFF_S = 10
+"""A given-up camera: the MCU keeps the Pi off this long (the camera's rail discharged)."""
 
 LINK_DEADLINE_S = 300.0
 """The uplink and LoRa loops wake at least every 60 s; five missed turns means stuck."""
@@ -96,6 +111,9 @@ class App:
         models_dir: folder holding the model files named by the cards.
         clock: time source (tests inject a fake one for the pure parts).
         pin_factory: gpiozero pin factory; None picks by ``hardware.backend``.
+        mcu_sim: an MCU emulator to talk to instead of making one, run by the caller
+            (``sim`` backend tests that drive the MCU around the trap: a trigger while the
+            Pi is off, the power-off handshake).
     """
 
     def __init__(
@@ -104,6 +122,7 @@ class App:
         models_dir: Path,
         clock: Clock | None = None,
         pin_factory: Any = None,
+        mcu_sim: McuEmulator | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.counters = Counters()
@@ -125,8 +144,15 @@ class App:
         self.pin_factory = (
             pin_factory if pin_factory is not None else make_pin_factory(cfg.hardware.backend)
         )
-        self.camera = make_camera(cfg.camera, cfg.hardware.backend, self.clock)
-        self.store = EventStore(cfg, self.clock)
+        # Every capture is bounded; a camera that stays hung through camera.max_reopens
+        # reopenings is given up, and the supervisor MCU (if any) power-cycles the Pi.
+        self.camera = make_camera(cfg.camera, cfg.hardware.backend, self.clock,
+                                  on_give_up=self._camera_given_up)
+        # Per event: what stamped it (gps / ntp / none for the Pi's clock; rtc comes with an
+        # MCU trigger), and battery / temperature from the supervisor MCU when there is one.
+        self.time_source = make_time_source(cfg.hardware.backend, self.clock)
+        self.store = EventStore(cfg, self.clock, time_source=self.time_source,
+                                readings=self._readings)
         self.link = (
             MqttLink(cfg, self.store.db_path, self.clock, stats_source=self.stats_extra,
                      settings=self.settings)
@@ -140,10 +166,24 @@ class App:
         self.decided: StageQueue[tuple[Burst, Verdict]] = StageQueue(
             "decided", 16, drain_on_stop=True)
         self.settings.subscribe(self.apply_config)
-        self.trigger = PirTrigger(cfg.trigger, self.clock, self._on_trigger, self.pin_factory)
+        self.trigger = (PirTrigger(cfg.trigger, self.clock, self._on_trigger, self.pin_factory)
+                        if cfg.trigger.source == "gpio" else None)
+        # The supervisor MCU (trigger.source = "mcu" or mcu.enabled): its driver is a stage;
+        # with the sim backend the firmware itself runs behind a pty (edge_app/sim/mcu.py).
+        self.mcu, self.mcu_sim = make_mcu(
+            cfg, self.clock, self._on_trigger, emulator=mcu_sim, time_source=self.time_source,
+            health=lambda: self.supervisor.health.healthy())
+        # Day/night (edge_app/trap/daynight.py): IR-cut filter and an illuminator pulsed only
+        # around night bursts; shed first when the MCU reports a low battery.
+        self.lighting: Lighting | None = make_lighting(
+            cfg.ir, cfg.unit.location, self.clock, self.pin_factory,
+            battery_v=lambda: self._readings()[0])
         self.world: SimWorld | None = None
         if cfg.hardware.backend == "sim":
-            self.world = make_sim_world(self.pin_factory, cfg.trigger.pin, self.camera, self.clock)
+            pins, pin = self.pin_factory, cfg.trigger.pin
+            if self.mcu_sim is not None and cfg.trigger.source == "mcu":  # the PIR is the MCU's
+                pins, pin = self.mcu_sim, self.mcu_sim.pir_pin
+            self.world = make_sim_world(pins, pin, self.camera, self.clock)
         self.supervisor = Supervisor(self.clock)
         # Watched stages (edge_app/trap/health.py): the three on the data path beat per item
         # and while they wait for one; the links beat once per turn of their loops, which
@@ -161,7 +201,24 @@ class App:
         self.supervisor.add("store", self._store_loop, self.decided.wake, deadline)
         self.supervisor.add("detect", self._detect_loop, self.bursts.wake, deadline)
         self.supervisor.add("capture", self._capture_loop, self.triggers.wake, deadline)
+        if self.mcu_sim is not None and mcu_sim is None:  # one the caller gave, it runs
+            self.supervisor.add("mcu-sim", self.mcu_sim.run, self.mcu_sim.interrupt)
+        if self.mcu is not None:
+            self.supervisor.add("mcu", self.mcu.run, self.mcu.interrupt,
+                                max(link_deadline, 3 * cfg.mcu.heartbeat_s))
+            self.mcu.beat = self.supervisor.heart("mcu")
         self.watchdog = watchdog_from_environment(self.supervisor.health, self.clock, sd_notify)
+        # Power modes (edge_app/trap/power.py): with the supervisor MCU, a stage hands it the
+        # schedule and, in gated/hybrid mode, shuts the Pi down once its work is delivered.
+        self.power: PowerStage | None = None
+        self._last_trigger_mono: float | None = None
+        self._born_mono = self.clock.monotonic()
+        if self.mcu is not None:
+            self.power = PowerStage(PowerPolicy(cfg.power, cfg.mcu.power_off_timeout_s),
+                                    self.mcu, self.clock, self._power_observation,
+                                    self._halt)
+            self.supervisor.add("power", self.power.run, self.power.wake, link_deadline)
+            self.power.beat = self.supervisor.heart("power")
         bg = cfg.background
         if bg.enabled and bg.shot_every_s > 0 and (cfg.hardware.backend != "sim"
                                                    or bg.shots_in_sim):
@@ -178,8 +235,11 @@ class App:
     def _on_trigger(self, ev: TriggerEvent) -> None:
         """Runs on gpiozero's thread: count and hand over, never block."""
         self.counters.triggers += 1
+        self._last_trigger_mono = ev.mono
         if not self.triggers.put_drop_oldest(ev):
             self.counters.triggers_dropped += 1
+        if self.power is not None:
+            self.power.wake()
 
     def _shots_loop(self, stop: threading.Event) -> None:
         """Scheduled background shots: every ``background.shot_every_s``, a frame without a
@@ -194,12 +254,15 @@ class App:
                     0, self.clock.monotonic(), self.clock.wall(), BACKGROUND_SHOT))
 
     def _capture_loop(self, stop: threading.Event) -> None:
-        beat = self.supervisor.heart("capture")
+        # A capture stage whose camera was given up does not count as healthy while it
+        # waits: the pings stop and systemd restarts the service (a fresh open).
+        guard = self.camera.policy
+        beat = self.supervisor.health.heart("capture", gate=lambda: not guard.gave_up)
         while (ev := self.triggers.get(stop, beat)) is not None:
             cam = self.cfg.camera
             if ev.source == BACKGROUND_SHOT:  # one frame of the scene as it is
                 cam = replace(cam, pre_trigger_frames=0, burst_frames=1)
-            burst = capture_burst(self.camera, ev, cam, self.clock, stop)
+            burst = capture_burst(self.camera, ev, cam, self.clock, stop, self.lighting)
             if burst.frames and not self.bursts.put_drop_oldest(burst):
                 self.counters.triggers_dropped += 1
 
@@ -221,6 +284,7 @@ class App:
                         f" kept by {', '.join(verdict.kept_by)}" if verdict.kept_by else "")
             if verdict.outcome == "discard":
                 self._learn_discard(results)
+            burst = slim_burst(burst, verdict)  # only the stored frame keeps its pixels
             if not self.decided.put_wait((burst, verdict), stop):
                 logger.warning("stopping: trigger %d decided but not stored",
                                burst.trigger.number)
@@ -281,6 +345,8 @@ class App:
                     self.link.wake()
                 if self.lora is not None and verdict.outcome == "alert":
                     self.lora.wake()
+                if self.power is not None:
+                    self.power.wake()
         finally:
             self.store.close()
 
@@ -314,16 +380,22 @@ class App:
     def start(self) -> None:
         """Start in dependency order: consumers before producers, the PIR last."""
         self.camera.start()
+        if self.lighting is not None:
+            self.lighting.start()  # claims its pins; the filter where the sun says
         self.supervisor.start()
-        self.trigger.start()
+        if self.trigger is not None:
+            self.trigger.start()
         self._started = True
         logger.info("camtrap %s running as %s (%s backend)", __version__, self.cfg.unit.id,
                     self.cfg.hardware.backend)
 
     def stop(self, timeout_s: float = 5.0) -> list[str]:
         """Stop the PIR first, then the stages in reverse; returns stages that were late."""
-        self.trigger.close()
+        if self.trigger is not None:
+            self.trigger.close()
         late = self.supervisor.stop(timeout_s)
+        if self.lighting is not None:
+            self.lighting.close()
         self.camera.close()
         self.pipeline.close()
         if self.background is not None:
@@ -370,7 +442,9 @@ class App:
 
         def status() -> codec.Status:
             free_mb = shutil.disk_usage(self.cfg.storage.root).free / 1e6
+            battery_v, temp_c = self._readings()
             return codec.Status(
+                battery_v=battery_v, temp_c=temp_c, time_synced=self.time_source() != "none",
                 disk_free_gb=free_mb / 1000, outbox_depth=self.outbox_depth(),
                 uptime_min=int((self.clock.monotonic() - started) / 60),
                 disk_low=free_mb < self.cfg.storage.min_free_mb)
@@ -383,7 +457,7 @@ class App:
     def stats_extra(self) -> dict[str, Any]:
         """The daemon's part of the stats message (uplink thread): counters, last 24 h, models."""
         now = self.clock.wall()
-        out = {
+        out: dict[str, Any] = {
             "since_start": self.counters.snapshot(),
             "last_24h": self.store.counts_since(now - 86400.0),
             "models": {"detector": self.cfg.detector.detector,
@@ -401,7 +475,71 @@ class App:
             out["background"] = self.background.stats()
         if self.lora is not None:
             out["lorawan"] = self.lora.stats()  # counters and the airtime budget
+        if self.lighting is not None:
+            out["ir"] = self.lighting.stats()
+        out["camera"] = self.camera.counters()
+        if self.power is not None:
+            out["power"] = {"mode": self.cfg.power.mode, **asdict(self.power.stats)}
+        out["time_source"] = self.time_source()  # the Pi's clock now: gps / ntp / none
+        if self.mcu is not None:
+            out.update(self.mcu.stats())  # battery_v, solar_v, temp_c and "mcu"
         return out
+
+    def _camera_given_up(self, reason: str) -> None:
+        """The camera guard gave up (on the capture thread): ask the MCU for a power cycle.
+
+        The MCU cuts power after ``mcu.power_off_timeout_s`` (the time a halt may take) or at
+        the halt pin; meanwhile stages finish and systemd may restart us (a fresh open), but a
+        camera wedged in the kernel needs the power cut."""
+        if self.mcu is None:
+            logger.error("camera given up (%s) and no supervisor MCU to power-cycle the Pi; "
+                         "the watchdog will restart the service", reason)
+            return
+        try:
+            self.mcu.power_cycle(self.cfg.mcu.power_off_timeout_s, CAMERA_CYCLE_OFF_S)
+        except McuError as e:
+            logger.error("camera given up and the MCU refused the power cycle: %s", e)
+
+    def _power_observation(self) -> PowerObservation:
+        """The trap as the power policy needs it (the power stage's thread)."""
+        mono = self.clock.monotonic()
+        if self.cfg.hardware.backend == "pi":
+            uptime = time.clock_gettime(time.CLOCK_BOOTTIME)  # since the Pi was powered
+        else:
+            uptime = mono - self._born_mono  # a simulated Pi boots with the App
+        try:
+            links = (("mqtt",) if self.link is not None else ()) + (
+                ("lorawan",) if self.lora is not None else ())
+            depth = self.store.outbox_depth_by_link(links)
+        except StorageError as e:  # unknown counts as "not delivered": stay up, the cap wins
+            logger.warning("power: cannot read the outbox: %s", e)
+            depth = {"outbox": 1}
+        return PowerObservation(
+            mono=mono, wall=self.clock.wall(), uptime_s=uptime, battery_v=self._readings()[0],
+            outbox_depth=depth, last_trigger_mono=self._last_trigger_mono,
+            busy=frozenset() if self.is_idle() else frozenset({"capture/detect/store"}))
+
+    def _halt(self) -> None:
+        """The OS halt after POWER_OFF was acknowledged. On a Pi: ``systemctl poweroff``
+        (allowed to the service user by deploy/systemd/camtrap-poweroff.rules); systemd then
+        stops this service cleanly and the kernel raises the halt pin (gpio-poweroff). In
+        simulation: the emulated board sees the halt pin and the App stops."""
+        self.supervisor.request_stop()
+        if self.cfg.hardware.backend == "pi":
+            import subprocess
+
+            try:
+                subprocess.run(["systemctl", "poweroff"], check=True, timeout=30)
+            except (OSError, subprocess.SubprocessError) as e:
+                logger.error("power: cannot halt (%s); the MCU cuts power after its timeout",
+                             e)
+        elif self.mcu_sim is not None:
+            self.mcu_sim.halt = True
+
+    def _readings(self) -> tuple[float | None, float | None]:
+        """(battery V, temperature °C) for events and the LoRa status: the supervisor MCU's
+        latest STATUS, (None, None) without one."""
+        return (None, None) if self.mcu is None else self.mcu.readings()
 
 
 def run_daemon(cfg: Config, models: str | None = None) -> int:

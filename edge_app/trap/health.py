@@ -14,6 +14,7 @@ Beats come from many threads; one lock keeps the table consistent.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge_app.core.clock import Clock
@@ -49,12 +50,16 @@ class StageHealth:
             self._stages[name] = _Entry(deadline_s, self._clock.monotonic())
         return self.heart(name)
 
-    def heart(self, name: str) -> Heart:
-        """The beat of ``name``, with how often it should beat while idle."""
+    def heart(self, name: str, gate: Callable[[], bool] | None = None) -> Heart:
+        """The beat of ``name``, with how often it should beat while idle.
+
+        With ``gate`` a beat counts only while ``gate()`` is true: a capture stage waiting for
+        triggers with a camera it has given up on is idle, not healthy.
+        """
         with self._lock:
             entry = self._stages.get(name)
         every = IDLE_BEAT_S if entry is None else min(IDLE_BEAT_S, entry.deadline_s / 3)
-        return Heart(self, name, every)
+        return Heart(self, name, every, gate)
 
     def beat(self, name: str) -> None:
         """``name`` made progress now; unknown names are ignored (an unwatched stage)."""
@@ -88,12 +93,15 @@ class StageHealth:
 class Heart:
     """One stage's beat, handed to the stage so it cannot beat for another one."""
 
-    __slots__ = ("_health", "every_s", "name")
+    __slots__ = ("_gate", "_health", "every_s", "name")
 
-    def __init__(self, health: StageHealth, name: str, every_s: float = IDLE_BEAT_S) -> None:
+    def __init__(self, health: StageHealth, name: str, every_s: float = IDLE_BEAT_S,
+                 gate: Callable[[], bool] | None = None) -> None:
         self._health = health
         self.name = name
         self.every_s = every_s  # how often to beat while waiting for work
+        self._gate = gate
 
     def __call__(self) -> None:
-        self._health.beat(self.name)
+        if self._gate is None or self._gate():
+            self._health.beat(self.name)

@@ -17,8 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_app.core.errors import ImageError
-from edge_app.core.events import Frame, FrameResult
-from edge_app.trap.detect.preprocess import changed_fraction, grey_thumbnail
+from edge_app.core.events import Burst, Frame, FrameResult, Verdict
+from edge_app.trap.detect.preprocess import changed_fraction, grey_from_lores, grey_thumbnail
 
 if TYPE_CHECKING:
     from edge_app.trap.detect.pipeline import Pipeline
@@ -56,11 +56,14 @@ def analyse_burst(pipeline: Pipeline, frames: Sequence[Frame]) -> list[FrameResu
     ref_i = max((i for i, f in enumerate(frames) if f.pre_trigger), default=-1)
     gate = pipeline.cfg.motion_gate and ref_i >= 0
     ref_grey: NDArray[np.int16] | None = None
+    # The camera's own greyscale copies (its lores stream) when every frame has one: no
+    # conversion of the full frame; otherwise every frame is compared the same other way.
+    lores = all(f.lores is not None for f in frames)
     order = ([ref_i] if ref_i >= 0 else []) + [i for i in range(n) if i != ref_i]
     for i in order:
         f = frames[i]
         try:
-            prep = pipeline.prepare(f.jpeg, f.name or f"frame {f.index}")
+            prep = pipeline.prepare_frame(f)
         except ImageError as e:
             log.warning("frame %d (%s) unreadable: %s", f.index, f.name or "camera", e)
             continue
@@ -68,7 +71,10 @@ def analyse_burst(pipeline: Pipeline, frames: Sequence[Frame]) -> list[FrameResu
             results[i] = pipeline.infer(prep)
             continue
         t0 = time.perf_counter()
-        grey = grey_thumbnail(prep.decoded.image, pipeline.cfg.motion_size)
+        if lores and f.lores is not None:
+            grey = grey_from_lores(f.lores, pipeline.cfg.motion_size)
+        else:
+            grey = grey_thumbnail(prep.decoded.image, pipeline.cfg.motion_size)
         gate_ms = (time.perf_counter() - t0) * 1e3
         if i == ref_i:
             ref_grey = grey
@@ -87,3 +93,22 @@ def analyse_burst(pipeline: Pipeline, frames: Sequence[Frame]) -> list[FrameResu
             continue
         results[i] = dataclasses.replace(pipeline.infer(prep), motion=motion)
     return results
+
+
+def slim_burst(burst: Burst, verdict: Verdict) -> Burst:
+    """The burst with the pixel arrays of every frame but the one the store keeps dropped.
+
+    A live-path frame holds its full-size pixels (2.8 MB at 1280×720) until the store has
+    JPEG-encoded the kept one; between detection and the store only that frame's pixels are
+    needed. The kept frame is chosen as the store chooses it (the verdict's best frame, else
+    the first frame after the trigger, else the first). JPEG-only frames are unchanged.
+    """
+    frames = burst.frames
+    keep = verdict.best_index
+    if not 0 <= keep < len(frames):
+        keep = next((i for i, f in enumerate(frames) if not f.pre_trigger), 0)
+    if all(f.pixels is None or i == keep for i, f in enumerate(frames)):
+        return burst
+    return dataclasses.replace(burst, frames=tuple(
+        f if i == keep or f.pixels is None else dataclasses.replace(f, pixels=None)
+        for i, f in enumerate(frames)))

@@ -1,6 +1,7 @@
 """One frame in, one :class:`~edge_app.core.events.FrameResult` out; one burst in, a list out.
 
-decode (reduced-scale JPEG, upright, RGB) → letterbox → detector → classes to camtrap
+decode (reduced-scale JPEG, upright, RGB; or, for a camera frame that arrived as an array, the
+array reduced by a whole factor: no decode at all) → letterbox → detector → classes to camtrap
 categories → crop classifier on the best animal boxes → species. When the detector finds
 nothing at all, the classifier looks at the whole frame: the stand-in COCO detector misses
 night and half-hidden cats (the cameratrapai ocelot), and a trap that drops a leopard is worse
@@ -68,6 +69,7 @@ from edge_app.trap.detect.preprocess import (
     Letterboxer,
     crop_resized,
     decode_image,
+    image_from_pixels,
 )
 from edge_app.trap.detect.runtime import TensorInfo, TfliteModel
 from edge_app.trap.detect.site_head import SiteHead, load_head
@@ -489,11 +491,12 @@ class Pipeline:
 
     # -- one frame ------------------------------------------------------------------------
 
-    def analyse(self, image: bytes | Path) -> FrameResult:
-        """Run the whole pipeline on one encoded image.
+    def analyse(self, image: bytes | Path | NDArray[np.uint8] | Frame) -> FrameResult:
+        """Run the whole pipeline on one image.
 
         Args:
-            image: JPEG/PNG bytes (a camera frame) or a file path.
+            image: JPEG/PNG bytes, a file path, a camera frame's pixel array (the live path:
+                no decode), or a :class:`Frame` (its pixels when it has them, else its JPEG).
 
         Returns:
             The frame's result; ``max_scores`` holds every category's and species' highest
@@ -503,13 +506,30 @@ class Pipeline:
             ImageError: nothing decodable in ``image``, or more pixels than
                 ``detector.max_pixels`` (read from the header, before decoding).
         """
+        if isinstance(image, Frame):
+            return self.infer(self.prepare_frame(image))
         return self.infer(self.prepare(image, image if isinstance(image, Path) else "frame"))
 
-    def prepare(self, image: bytes | Path, name: object) -> _Prepared:
+    def prepare_frame(self, frame: Frame) -> _Prepared:
+        """:meth:`prepare` for a captured frame: its pixels when it has them (the live path),
+        else its JPEG bytes."""
+        src = frame.pixels if frame.pixels is not None else frame.jpeg
+        return self.prepare(src, frame.name or f"frame {frame.index}")
+
+    def prepare(self, image: bytes | Path | NDArray[np.uint8], name: object) -> _Prepared:
+        """Decode (or, for an array, wrap and reduce) and letterbox one image.
+
+        Raises:
+            ImageError: see :meth:`analyse`.
+        """
         spec = self._det.card.input
         t0 = time.perf_counter()
-        decoded = decode_image(image, (spec.width, spec.height), spec.resize, self._buffer,
-                               max_pixels=self.cfg.max_pixels)
+        if isinstance(image, np.ndarray):
+            decoded = image_from_pixels(image, (spec.width, spec.height), spec.resize,
+                                        max_pixels=self.cfg.max_pixels)
+        else:
+            decoded = decode_image(image, (spec.width, spec.height), spec.resize,
+                                   self._buffer, max_pixels=self.cfg.max_pixels)
         t1 = time.perf_counter()
         if decoded.truncated:
             log.warning("%s: truncated image, decoded the part that is there", name)

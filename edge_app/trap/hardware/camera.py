@@ -1,9 +1,12 @@
 """Cameras behind one small interface: the Pi camera here, the simulated ones in sim/cameras.py.
 
-The pipeline only ever calls the four methods of :class:`Camera`. Frames are JPEG bytes, so a
-replayed file reaches the detector byte for byte as it is on disk, exactly as a real capture
-would be stored. The one factory, real or simulated by ``camera.source``, is
-:func:`edge_app.trap.hardware.factory.make_camera`.
+The pipeline only ever calls the five methods of :class:`Camera`. A frame is JPEG bytes (a
+replayed file, byte for byte as on disk), raw pixels (the Pi camera: the *live path*, no encode
+and decode on the way to the detector), or both; see :class:`~edge_app.core.events.Frame`.
+The one factory, real or simulated by ``camera.source``, is
+:func:`edge_app.trap.hardware.factory.make_camera`; it wraps every camera in the capture guard
+(:mod:`edge_app.trap.hardware.camera_guard`), which bounds each call with a timeout and reopens
+a hung camera.
 """
 
 from __future__ import annotations
@@ -11,16 +14,16 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 from PIL import Image
 
 from edge_app.core.clock import Clock
 from edge_app.core.config import CameraConfig
 from edge_app.core.errors import HardwareUnavailable
 from edge_app.core.events import Frame
+from edge_app.trap.hardware.picam import PicamSession
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ class Camera(Protocol):
     """What the capture stage needs from a camera.
 
     Implementations are safe to call from the capture thread while another thread (the
-    simulator) changes the scene.
+    simulator, the day/night switch) changes the scene or reads :meth:`metadata`.
     """
 
     def start(self) -> None:
@@ -42,7 +45,7 @@ class Camera(Protocol):
         ...
 
     def capture(self, index: int) -> Frame:
-        """One frame now, JPEG-encoded, with ``index`` and ``pre_trigger=False``."""
+        """One frame now, with ``index`` and ``pre_trigger=False``."""
         ...
 
     def recent(self, n: int) -> list[Frame]:
@@ -52,8 +55,18 @@ class Camera(Protocol):
         """
         ...
 
+    def metadata(self) -> Mapping[str, float]:
+        """The latest frame's metadata: at least ``Lux``, ``ExposureTime`` (µs) and
+        ``AnalogueGain`` once a frame has been seen (empty before).
+
+        Never blocks on the device (it returns what the last frame said), so it is safe to
+        call from any thread, as often as wanted, even while a capture hangs.
+        """
+        ...
+
     def close(self) -> None:
-        """Stop streaming and release the device. Idempotent."""
+        """Stop streaming and release the device. Idempotent; a later :meth:`start` opens
+        the camera again (that is how a hung camera is reopened)."""
         ...
 
 
@@ -79,139 +92,124 @@ def ring_times(clock: Clock, n: int, interval_s: float) -> list[tuple[float, flo
     return [(mono - (n - k) * interval_s, wall - (n - k) * interval_s) for k in range(n)]
 
 
+def _import_picamera2() -> Any:
+    try:
+        from picamera2 import Picamera2
+    except ImportError as e:
+        raise HardwareUnavailable(f"picamera2 is not available: {e}") from e
+    return Picamera2()
+
 
 class PiCamera2Camera:
-    """The Pi camera through picamera2, streaming continuously, with a small ring buffer.
+    """The Pi camera through picamera2: streaming, settled, a lores ring, full-size bursts.
 
-    **Untested here**: picamera2 needs libcamera's Python bindings, which exist only on
-    Raspberry Pi OS (apt ``python3-picamera2``; a venv made with ``--system-site-packages``).
-    This adapter is deliberately small and follows picamera2's documented API; check it on a
-    Pi before relying on it.
+    Design (the session in :mod:`edge_app.trap.hardware.picam` does the work):
 
-    Design:
-
-    * One ``main`` stream at ``camera.width``×``camera.height`` in ``BGR888``, which
-      picamera2 hands over as an array whose last axis is R, G, B (its ``RGB888`` is B, G, R).
-      No ``lores`` stream: nothing consumes one yet (the motion gate decodes JPEGs at reduced
-      scale with Pillow's ``draft()``), and an unused stream still costs ISP bandwidth.
+    * Two streams. ``main`` at ``camera.width``×``camera.height``, ``BGR888`` (R, G, B
+      arrays): the burst frames, handed to the detector as arrays and JPEG-encoded by the
+      store only for the frame it keeps. ``lores`` at ``camera.lores_width`` wide, YUV420:
+      the pre-trigger ring (0.35 MB a frame at 640×360 instead of 2.8 MB) and, through its Y
+      plane, the motion gate's greyscale image at no cost.
     * The camera runs from :meth:`start` to :meth:`close`, so a capture takes the next
-      streamed frame (~10 ms) instead of a cold start (~190 ms), and white balance has
-      settled (0.5–0.7 s after start; :meth:`start` waits for it).
-    * A ``camera-ring`` thread copies one raw frame every ``max(burst_interval_s, 0.1)`` s
-      into a deque of ``pre_trigger_frames`` arrays. Frames are JPEG-encoded only when
-      :meth:`recent` asks for them, so idle cost is one array copy per interval, not an
-      encode. With ``pre_trigger_frames = 0`` there is no thread at all.
-    * picamera2 calls are serialised by one lock (ring thread vs capture thread).
+      streamed frame (~10 ms) instead of a cold start (~190 ms), and :meth:`start` returns only
+      once exposure and white balance have settled (read from the frame metadata, bounded by
+      ``camera.settle_timeout_s``), so the first shot after a power-up is not grey or green.
+    * A ``camera-ring`` thread copies one lores frame every ``max(burst_interval_s, 0.1)`` s
+      into the ring; it also keeps :meth:`metadata` current. Ring frames reach the detector
+      as RGB converted from YUV when :meth:`recent` asks for them.
+    * Every picamera2 wait is bounded (``camera.capture_timeout_s``, picamera2's own
+      ``wait=``); what hangs below that is the capture guard's business.
+
+    Args:
+        cfg: the ``[camera]`` section.
+        clock: frame timestamps and the settling deadline.
+        picamera2: makes the ``Picamera2`` object (default: ``picamera2.Picamera2()``,
+            imported when the camera starts); the tests pass the API fake.
     """
 
-    #: white balance and exposure settle this long after the camera starts
-    SETTLE_S = 0.7
-
-    def __init__(self, cfg: CameraConfig, clock: Clock) -> None:
+    def __init__(self, cfg: CameraConfig, clock: Clock,
+                 picamera2: Callable[[], Any] | None = None) -> None:
         self._cfg = cfg
         self._clock = clock
-        self._cam: Any = None
-        self._lock = threading.Lock()  # serialises picamera2 calls; guards _ring
-        self._ring: deque[tuple[float, float, np.ndarray]] = deque(
-            maxlen=max(cfg.pre_trigger_frames, 1)
-        )
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._factory = picamera2 or _import_picamera2
+        self._lock = threading.Lock()  # guards _session and _metadata; never held across I/O
+        self._session: PicamSession | None = None
+        self._metadata: dict[str, float] = {}
+        self._opened = 0
+
+    @property
+    def session(self) -> PicamSession | None:
+        """The open session (tests and diagnostics), None while closed."""
+        return self._session
+
+    @property
+    def openings(self) -> int:
+        """How many times the camera was opened (1 + reopenings)."""
+        return self._opened
 
     def start(self) -> None:
-        """Open and configure the camera, start streaming and the ring thread.
+        """Open, configure, start and settle the camera; start the ring thread.
 
         Raises:
-            HardwareUnavailable: picamera2/libcamera missing, or no camera attached.
+            HardwareUnavailable: picamera2/libcamera missing, no camera, or it will not start.
+            CameraTimeout: it started but delivered no frame in time.
         """
-        if self._cam is not None:
-            return
-        try:
-            from picamera2 import Picamera2
-        except ImportError as e:
-            raise HardwareUnavailable(f"picamera2 is not available: {e}") from e
-        size = (self._cfg.width, self._cfg.height)
-        try:
-            cam = Picamera2()
-            config = cam.create_video_configuration(
-                main={"size": size, "format": "BGR888"}, buffer_count=4
-            )
-            cam.configure(config)
-            cam.start()
-        except Exception as e:  # picamera2 raises RuntimeError/IndexError with no camera
-            raise HardwareUnavailable(f"cannot start the Pi camera: {e}") from e
-        self._cam = cam
-        self._clock.wait(self._stop, self.SETTLE_S)
-        if self._cfg.pre_trigger_frames > 0:
-            self._thread = threading.Thread(target=self._fill, name="camera-ring", daemon=True)
-            self._thread.start()
-        logger.info("Pi camera streaming %dx%d", *size)
+        with self._lock:
+            if self._session is not None:
+                return
+        session = PicamSession.open(self._factory, self._cfg, self._clock)
+        with self._lock:
+            self._session = session
+            self._opened += 1
 
     def capture(self, index: int) -> Frame:
-        """The next streamed frame, JPEG-encoded at ``camera.jpeg_quality``."""
-        mono, wall, pixels = self._grab()
-        return Frame(
-            jpeg=encode_jpeg(Image.fromarray(pixels, "RGB"), self._cfg.jpeg_quality),
-            mono=mono,
-            wall=wall,
-            index=index,
-            pre_trigger=False,
-            name=f"picamera2-{index}",
-        )
+        """The next streamed frame: full-size RGB pixels, the lores grey image, metadata."""
+        s = self._require()
+        g = s.grab(main=True)
+        self._remember(g.metadata)
+        return Frame(jpeg=b"", mono=g.mono, wall=g.wall, index=index, pre_trigger=False,
+                     name=f"picamera2-{index}", pixels=g.main, lores=s.grey(g),
+                     metadata=g.metadata)
 
     def recent(self, n: int) -> list[Frame]:
-        """The last ``n`` ring-buffer frames, oldest first, encoded now."""
-        if n <= 0:
-            return []
+        """The last ``n`` ring frames, oldest first, converted to RGB now (lores size)."""
+        s = self._require()
+        return [Frame(jpeg=b"", mono=g.mono, wall=g.wall, index=k, pre_trigger=True,
+                      name=f"picamera2-ring-{k}", pixels=s.rgb(g), lores=s.grey(g),
+                      metadata=g.metadata)
+                for k, g in enumerate(s.recent(n))]
+
+    def metadata(self) -> dict[str, float]:
+        """The latest frame's cleaned metadata (kept across a reopening)."""
         with self._lock:
-            kept = list(self._ring)[-n:]
-        return [
-            Frame(
-                jpeg=encode_jpeg(Image.fromarray(pixels, "RGB"), self._cfg.jpeg_quality),
-                mono=mono,
-                wall=wall,
-                index=k,
-                pre_trigger=True,
-                name=f"picamera2-ring-{k}",
-            )
-            for k, (mono, wall, pixels) in enumerate(kept)
-        ]
+            s = self._session
+            if s is None:
+                return dict(self._metadata)
+        md = s.latest_metadata()
+        return md or self.metadata_cached()
+
+    def metadata_cached(self) -> dict[str, float]:
+        """What the last capture reported (the session's is fresher while it runs)."""
+        with self._lock:
+            return dict(self._metadata)
 
     def close(self) -> None:
-        """Stop the ring thread and the camera. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        """Stop the ring thread and the camera. Idempotent; :meth:`start` opens it again."""
         with self._lock:
-            cam, self._cam = self._cam, None
-            self._ring.clear()
-        if cam is not None:
-            try:
-                cam.stop()
-            finally:
-                cam.close()
+            s, self._session = self._session, None
+        if s is not None:
+            md = s.latest_metadata()
+            if md:
+                self._remember(md)
+            s.close()
 
-    def _grab(self) -> tuple[float, float, np.ndarray]:
+    def _require(self) -> PicamSession:
         with self._lock:
-            if self._cam is None:
-                raise HardwareUnavailable("the Pi camera is not started")
-            try:
-                pixels = self._cam.capture_array("main")
-            except Exception as e:  # frontend timeouts surface as RuntimeError/TimeoutError
-                raise HardwareUnavailable(f"Pi camera capture failed: {e}") from e
-            return self._clock.monotonic(), self._clock.wall(), pixels
+            s = self._session
+        if s is None:
+            raise HardwareUnavailable("the Pi camera is not started")
+        return s
 
-    def _fill(self) -> None:
-        interval = max(self._cfg.burst_interval_s, 0.1)
-        while not self._clock.wait(self._stop, interval):
-            try:
-                item = self._grab()
-            except HardwareUnavailable:
-                logger.exception("ring buffer capture failed")
-                continue
-            with self._lock:
-                self._ring.append(item)
+    def _remember(self, md: dict[str, float]) -> None:
+        with self._lock:
+            self._metadata = dict(md)

@@ -55,7 +55,8 @@ from edge_app.trap.store.media import (
     MediaKind,
     MediaRef,
     clean_temp,
-    make_thumbnail,
+    frame_image,
+    frame_thumbnail,
     media_paths,
     store_file,
 )
@@ -99,6 +100,7 @@ def build_event(
     temp_c: float | None,
     time_synced: bool,
     audit: bool = False,
+    time_source: str | None = None,
 ) -> dict[str, Any]:
     """The event JSON of ARCHITECTURE §6, plus ``outcome`` and ``kept_by`` (the stages that
     said "not empty": ``detector``, ``classifier``, ``head``, ``background``, ``motion``,
@@ -116,6 +118,9 @@ def build_event(
         "seq": seq,
         "ts": rfc3339(burst.trigger.wall),
         "time_synced": time_synced,
+        # gps / ntp (the Pi's clock and what synced it), rtc (the supervisor MCU's RTC
+        # stamped the PIR edge) or none (the Pi's clock, never synced since boot)
+        "time_source": time_source or ("ntp" if time_synced else "none"),
         "outcome": verdict.outcome,
         "kept_by": list(verdict.kept_by),
         "label": verdict.label,
@@ -123,6 +128,9 @@ def build_event(
         "score": round(verdict.score, 4),
         "detections": [] if best is None else [d.to_json() for d in best.detections],
         "frames": len(burst.frames),
+        # true: taken in night mode (IR-cut filter out, IR lit unless shed); null: no IR
+        # control (edge_app/trap/capture.py CapturedBurst)
+        "night": getattr(burst, "night", None),
         "media": [m.to_json() for m in media],
         "battery_v": battery_v,
         "temp_c": temp_c,
@@ -145,6 +153,9 @@ class EventStore:
         notify: called after rows were queued, e.g. ``MqttLink.wake``.
         thumbs_for: outcomes whose thumbnail is queued (low priority).
         images_for: outcomes whose full frame is queued (lowest priority).
+        time_source: the Pi clock's source now (``gps``, ``ntp``, ``none``), asked per event
+            whose trigger was stamped by the Pi's clock.
+        readings: (battery V, temperature °C) now, e.g. from the supervisor MCU.
     """
 
     def __init__(
@@ -155,8 +166,12 @@ class EventStore:
         notify: Callable[[], None] | None = None,
         thumbs_for: Collection[Outcome] = THUMBS_FOR,
         images_for: Collection[Outcome] = IMAGES_FOR,
+        time_source: Callable[[], str] | None = None,
+        readings: Callable[[], tuple[float | None, float | None]] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.time_source = time_source
+        self.readings = readings
         self.clock: Clock = clock or SystemClock()
         self.root = Path(cfg.storage.root)
         self.db_path = db_path(self.root)
@@ -215,7 +230,8 @@ class EventStore:
         *,
         battery_v: float | None = None,
         temp_c: float | None = None,
-        time_synced: bool = True,
+        time_synced: bool | None = None,
+        time_source: str | None = None,
     ) -> Recorded | None:
         """Store a decided trigger and queue what must be sent.
 
@@ -223,8 +239,13 @@ class EventStore:
             burst: the trigger's frames (the chosen frame is stored as captured).
             verdict: the decision; ``outcome`` selects what is stored and queued.
             battery_v: battery voltage for the event JSON, if known.
-            temp_c: enclosure temperature for the event JSON, if known.
-            time_synced: whether the wall clock was synced when the trigger fired.
+            temp_c: enclosure temperature for the event JSON, if known; when both are None
+                they are taken from the ``readings`` provider.
+            time_synced: whether the wall clock was synced when the trigger fired (default:
+                the time source is not ``none``).
+            time_source: what stamped the trigger (default: the trigger's own
+                ``time_source``, else the ``time_source`` provider; without either, ``ntp``
+                when ``time_synced`` is not False).
 
         Returns:
             The event id and JSON, or None for a discard that was only counted.
@@ -249,9 +270,15 @@ class EventStore:
         self._make_room()
         image, thumb = self._write_media(event_id, burst, verdict)
         media = [m for m in (image, thumb) if m is not None]
+        source = time_source or burst.trigger.time_source or (
+            self.time_source() if self.time_source is not None
+            else "ntp" if time_synced is not False else "none")
+        if battery_v is None and temp_c is None and self.readings is not None:
+            battery_v, temp_c = self.readings()
         event = build_event(
             event_id=event_id, unit=unit, seq=seq, burst=burst, verdict=verdict, media=media,
-            battery_v=battery_v, temp_c=temp_c, time_synced=time_synced, audit=audit,
+            battery_v=battery_v, temp_c=temp_c, audit=audit, time_source=source,
+            time_synced=source != "none" if time_synced is None else time_synced,
         )
         payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
         now = self.clock.wall()
@@ -355,20 +382,23 @@ class EventStore:
                            event_id)
         else:
             try:
+                # A live-path frame (pixels, no JPEG yet) is encoded here, once, for the
+                # events that keep it; a replayed frame is stored as its own bytes.
+                data = frame_image(frame, self.cfg.camera.jpeg_quality)
                 tagged = exif.stamp(
-                    frame.jpeg, unit_id=self.cfg.unit.id, event_id=event_id,
+                    data, unit_id=self.cfg.unit.id, event_id=event_id,
                     wall=burst.trigger.wall, location=self.cfg.unit.location,
                     verdict={"outcome": verdict.outcome, "label": verdict.label,
                              "species": verdict.species, "score": round(verdict.score, 3)},
                 )
                 image = self._store_file(img_path, tagged, f"{event_id}-image", "image")
-            except OSError as e:
+            except (OSError, ImageError) as e:
                 logger.error("%s: frame not written (%s); storing the event without it",
                              event_id, e)
         try:
-            small = make_thumbnail(frame.jpeg, self.cfg.storage.thumb_px,
-                                   self.cfg.storage.thumb_quality,
-                                   int(self.cfg.storage.thumb_max_kb * 1024))
+            small = frame_thumbnail(frame, self.cfg.storage.thumb_px,
+                                    self.cfg.storage.thumb_quality,
+                                    int(self.cfg.storage.thumb_max_kb * 1024))
         except ImageError as e:
             logger.warning("%s: no thumbnail: %s", event_id, e)
             return image, None
@@ -410,6 +440,18 @@ class EventStore:
         conn = open_db(self.db_path)
         try:
             return sum(Outbox(conn, self.clock, self.cfg.outbox).depth().values())
+        finally:
+            conn.close()
+
+    def outbox_depth_by_link(self, links: tuple[str, ...]) -> dict[str, int]:
+        """Unsent rows per link named (``mqtt``, ``lorawan``); any thread (own connection).
+
+        The power policy asks only about the links that run: rows owed to a link that is
+        switched off would otherwise keep a gated Pi up until its uptime cap every wake."""
+        conn = open_db(self.db_path)
+        try:
+            outbox = Outbox(conn, self.clock, self.cfg.outbox)
+            return {link: sum(outbox.depth(link).values()) for link in links}
         finally:
             conn.close()
 

@@ -1,0 +1,1 @@
+"""Firmware tests on CPython (a package, so its conftest does not shadow tests/conftest.py)."""

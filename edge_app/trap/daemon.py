@@ -162,7 +162,10 @@ class App:
         # queues one per alert when lorawan.enabled); see uplink/router.py.
         self.lora: LoraRouter | None = self._make_lora() if cfg.lorawan.enabled else None
         self.triggers: StageQueue[TriggerEvent] = StageQueue("triggers", 8)
-        self.bursts: StageQueue[Burst] = StageQueue("bursts", 4)
+        # A live-path burst holds full-size arrays (~11 MB at 1280×720 with four frames):
+        # two waiting bursts are what a 512 MB Pi Zero 2 W can afford; JPEG bursts are small.
+        live = cfg.camera.source in ("picamera2", "picamera2-fake")
+        self.bursts: StageQueue[Burst] = StageQueue("bursts", 2 if live else 4)
         self.decided: StageQueue[tuple[Burst, Verdict]] = StageQueue(
             "decided", 16, drain_on_stop=True)
         self.settings.subscribe(self.apply_config)

@@ -248,6 +248,17 @@ AREA_COMMANDS: list[tuple[str, str, str]] = [
      "status and commands"),
     ("power-budget", "edge_app.tools.power_budget", "days on a battery and trigger latency "
      "per power mode (always-on, gated, hybrid), with sources"),
+    ("deployment", "edge_app.tools.deployment_cli", "record where and how the unit is set up "
+     "(start/end/ls); every event carries the open deployment's id"),
+    ("export", "edge_app.tools.camtrap_dp", "a unit's card or the station's store as a "
+     "Camtrap DP 1.0.2 package (camtrap-dp OUT), validated offline"),
+    ("provision", "edge_app.tools.provision", "write a unit's config, secrets, wheelhouse and "
+     "first-boot hook onto a flashed card's boot partition (folder or FAT image), offline"),
+    ("doctor", "edge_app.trap.doctor.command", "self-test of a unit: pass / warn / fail per "
+     "part (config, models, camera, PIR, MCU, modem, broker, clock, disk, outbox), each with "
+     "a fix"),
+    ("walktest", "edge_app.trap.walktest", "aim the camera: each PIR trigger blinks an LED, "
+     "prints what the detector saw and saves a thumbnail for a phone"),
 ]
 
 

@@ -17,6 +17,7 @@ from edge_app.core.config import DetectorConfig
 from edge_app.core.errors import ModelError
 from edge_app.trap.detect.cards import (
     FORMATS,
+    PACK_MANIFEST,
     PACKAGED_CARDS,
     REPO_MODELS,
     build_class_map,
@@ -101,8 +102,14 @@ def test_sha256_in_cards_matches_models_md(models_dir: Path) -> None:
         assert m.group(1) == card.sha256
 
 
-def test_models_dir_card_shadows_packaged_card(tmp_path: Path) -> None:
+def test_pack_card_shadows_packaged_card_but_a_loose_one_does_not(tmp_path: Path) -> None:
+    """Issue 11: only a card that came in a (signed, installed) pack overrides a packaged one;
+    a card dropped loose into the models folder is ignored. ``tests/test_packs.py`` installs
+    real signed packs; here the folder is an unpacked pack (as the installer self-tests it)."""
     (tmp_path / f"{YOLO}.toml").write_text((PACKAGED_CARDS / f"{YOLO}.toml").read_text())
+    assert find_card(YOLO, tmp_path) == PACKAGED_CARDS / f"{YOLO}.toml"  # loose: ignored
+    assert card_dirs(tmp_path) == [PACKAGED_CARDS]
+    (tmp_path / PACK_MANIFEST).write_text("{}")
     assert find_card(YOLO, tmp_path) == tmp_path / f"{YOLO}.toml"
     assert find_card("mobilenet_v2_imagenet_uint8_224", tmp_path).parent == PACKAGED_CARDS
     assert card_dirs(tmp_path) == [tmp_path, PACKAGED_CARDS]
@@ -125,6 +132,7 @@ def test_cards_are_package_data_not_a_repository_folder() -> None:
 
 
 def test_unknown_card_names_the_paths_it_tried(tmp_path: Path) -> None:
+    (tmp_path / PACK_MANIFEST).write_text("{}")  # a pack's folder is searched first
     with pytest.raises(ModelError) as e:
         find_card("nope", tmp_path)
     assert str(tmp_path / "nope.toml") in e.value.reason
@@ -233,7 +241,6 @@ def test_altered_model_is_refused_with_both_hashes(tmp_path: Path, models_dir: P
     bad[len(bad) // 2] ^= 0x01
     (tmp_path / f"{YOLO}.tflite").write_bytes(bytes(bad))
     shutil.copy(models_dir / "coco80_labels.txt", tmp_path)
-    (tmp_path / f"{YOLO}.toml").write_text((PACKAGED_CARDS / f"{YOLO}.toml").read_text())
     actual = hashlib.sha256(bad).hexdigest()
     expected = hashlib.sha256(data).hexdigest()
     with pytest.raises(ModelError) as e:
@@ -269,6 +276,7 @@ def test_card_input_size_must_match_model(tmp_path: Path, models_dir: Path) -> N
     data = card_data()
     data["input"]["width"] = data["input"]["height"] = 320
     (tmp_path / f"{YOLO}.toml").write_text(dump(data))
+    (tmp_path / PACK_MANIFEST).write_text("{}")  # an unpacked pack: its card wins
     for f in (f"{YOLO}.tflite", "coco80_labels.txt"):
         (tmp_path / f).symlink_to(models_dir / f)
     with pytest.raises(ModelError, match="input is 640x640 but card"):

@@ -216,6 +216,7 @@ def test_models_verify_refuses_an_altered_file(models_dir: Path, tmp_path: Path,
 def test_models_ls_flags_an_invalid_card(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "broken.toml").write_text("schema = 1\ntask = 'detector'\n")
+    (tmp_path / "manifest.json").write_text("{}")  # an unpacked model pack: its cards count
     rc, out, _ = run_cli(capsys, "models", "ls", "--models", str(tmp_path))
     assert rc == 2
     assert "broken" in out

@@ -215,7 +215,7 @@ def test_a_v2_database_is_upgraded_in_place_keeping_every_row(tmp_path: Path) ->
     conn = open_db(path)
     try:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
-                            ).fetchone()[0] == str(SCHEMA_VERSION) == "3"
+                            ).fetchone()[0] == str(SCHEMA_VERSION) == "4"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master "
                                              "WHERE type = 'table'")}
         assert "lora_tx" not in tables

@@ -310,6 +310,7 @@ def _misfit_pack(models_dir: Path, dest: Path) -> Path:
     card = (PACKAGED_CARDS / "yolov8n_coco_int8_640.toml").read_text()
     (dest / "yolov8n_coco_int8_640.toml").write_text(
         card.replace("width = 640", "width = 320").replace("height = 640", "height = 320"))
+    (dest / "manifest.json").write_text("{}")  # an unpacked model pack: its card wins
     return dest
 
 

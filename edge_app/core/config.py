@@ -106,6 +106,9 @@ class TriggerConfig:
                           min=0, max=3600)
     sim_every_s: float = _f(0.0, "sim backend only: a simulated animal walks past every N s "
                             "(0 = never)", min=0)
+    warmup_s: float = _f(60.0, "PIR warm-up after power-on: the HC-SR501 needs about a minute "
+                         "and gives 0-3 spurious triggers meanwhile (formats-and-field §8.2); "
+                         "camtrap walktest ignores triggers this long", min=0, max=600)
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,10 @@ class DetectorConfig:
     head_threshold: float = _f(0.0, "the head votes 'empty' at or above this P(empty) (0 = "
                                "the cross-validated threshold stored in the head file)",
                                min=0, max=1)
+    pack_public_key: str = _f("", "the fleet's Ed25519 public key (base64 of the 32 raw bytes, "
+                              "the .pub file 'camtrap models keygen' writes) that signed model "
+                              "packs must verify against ('' = 'camtrap models install' refuses "
+                              "every pack)")
 
 
 @dataclass(frozen=True)
@@ -632,8 +639,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _is_ed25519_b64(text: str) -> bool:
+    """A raw Ed25519 public key is 32 bytes; anything else cannot verify a pack."""
+    import base64
+    import binascii
+
+    try:
+        return len(base64.b64decode(text.strip(), validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
 def _check(cfg: Config) -> None:
     """Rules that span fields."""
+    if cfg.detector.pack_public_key and not _is_ed25519_b64(cfg.detector.pack_public_key):
+        raise ConfigError("detector.pack_public_key", "must be the base64 of a 32-byte Ed25519 "
+                          "public key (the .pub file of 'camtrap models keygen')")
     uid = cfg.unit.id
     if not uid:
         raise ConfigError("unit.id", "is required (e.g. 'LL-042')")

@@ -1,4 +1,8 @@
-"""``camtrap models ls``, ``camtrap models verify [DIR]`` and ``camtrap models adapt``.
+"""``camtrap models ls|verify|adapt|keygen|pack|install|rollback``.
+
+``keygen``/``pack`` are the maintainer's side of signed model packs
+(:mod:`edge_app.tools.pack_build`); ``install``/``rollback`` the unit's
+(:mod:`edge_app.trap.packs.install`).
 
 ``ls`` is cheap (no hashing, no runtime): which cards exist, what they describe, and whether
 their files are in the models folder. ``verify`` is what a technician runs after copying
@@ -36,6 +40,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a = sub.add_parser("adapt", help="train this site's head (empty/animal/person/vehicle) "
                        "from labelled frames")
     adapt.add_arguments(a)
+    k = sub.add_parser("keygen", help="make the fleet's Ed25519 key pair for signing packs")
+    k.add_argument("out", metavar="OUT", help="private key file (0600); OUT.pub gets the "
+                   "public key for detector.pack_public_key")
+    pk = sub.add_parser("pack", help="build and sign a model pack")
+    pk.add_argument("--key", required=True, help="private key from 'camtrap models keygen'")
+    pk.add_argument("--models", required=True, help="folder holding the model and label files")
+    pk.add_argument("--cards", required=True, nargs="+", metavar="CARD",
+                    help="packaged card names or .toml files (the first detector is the "
+                    "pack's detector, the first classifier its classifier)")
+    pk.add_argument("--head", help="site head file ('camtrap models adapt') to ship")
+    pk.add_argument("--samples", help="folder of sample frames whose verdicts the unit's "
+                    "self-test must reproduce")
+    pk.add_argument("--version", required=True, help="pack version (its folder on the unit)")
+    pk.add_argument("--name", default="camtrap-models", help="pack name")
+    pk.add_argument("--out", required=True, help="pack file to write")
+    for verb, text in (("install", "verify, stage, self-test and switch to a signed pack"),
+                       ("rollback", "switch back to the previous pack")):
+        i = sub.add_parser(verb, help=text)
+        if verb == "install":
+            i.add_argument("pack", metavar="PACK", help="pack file from 'camtrap models pack'")
+        i.add_argument("--config", required=True, help="unit config (detector.pack_public_key, "
+                       "detector.models_dir)")
+        i.add_argument("--models", help=SEARCH_HELP)
 
 
 def list_cards(models_dir: Path | None) -> list[tuple[Path, Any]]:
@@ -74,7 +101,7 @@ def _ls(args: argparse.Namespace) -> int:
             row: dict[str, Any] = {"card": path.stem, "path": str(path), "error": card.reason}
             text = f"{path.stem:40s} INVALID  {card.reason}"
         else:
-            present = models_dir is not None and (models_dir / card.file).is_file()
+            present = models_dir is not None and card.model_path(models_dir).is_file()
             row = {"card": card.name, "path": str(path), "task": card.task,
                    "format": card.output.format, "file": card.file,
                    "input": [card.input.width, card.input.height], "licence": card.licence,
@@ -136,7 +163,7 @@ def _verify(args: argparse.Namespace) -> int:
         for d in card_dirs(models_dir):
             n = sum(1 for path, _ in cards if path.parent == d)
             print(f"{n} card(s) in {d}" + (" (shipped with camtrap)" if d == PACKAGED_CARDS
-                                            else " (the models folder's own)"))
+                                            else " (the active signed model pack)"))
     looked_for: list[str] = []
     for path, card in cards:
         names.add(path.stem)
@@ -144,7 +171,7 @@ def _verify(args: argparse.Namespace) -> int:
             failed += 1
             _report(args.json, path.stem, "invalid", card.reason, path)
             continue
-        file = models_dir / card.file
+        file = card.model_path(models_dir)
         looked_for.append(str(file))
         if not file.is_file():
             if card.name in required:
@@ -181,10 +208,44 @@ def _report(as_json: bool, name: str, status: str, detail: str,
         print(f"{name:40s} {status.upper():8s} {detail}")
 
 
+def _packs(args: argparse.Namespace) -> int:
+    from edge_app.core.config import load
+    from edge_app.core.models_dir import resolve_models_dir
+    from edge_app.tools import pack_build
+    from edge_app.trap.packs import install
+    from edge_app.trap.packs.manifest import decode_public_key
+
+    if args.models_action == "keygen":
+        priv, pub = pack_build.keygen(Path(args.out))
+        print(f"private key {priv} (keep it off the units), public key {pub}: put its line "
+              "in detector.pack_public_key")
+        return 0
+    if args.models_action == "pack":
+        m = pack_build.build(Path(args.key), Path(args.models), args.cards, Path(args.out),
+                             version=args.version, name=args.name,
+                             head=Path(args.head) if args.head else None,
+                             samples=Path(args.samples) if args.samples else None)
+        print(f"{args.out}: pack {m['name']} {m['version']}, {len(m['files'])} files, cards "
+              f"{', '.join(m['cards'])}, {len(m['record'])} recorded sample verdict(s)")
+        return 0
+    cfg = load(args.config)
+    root = resolve_models_dir(args.models, cfg.detector.models_dir)
+    key = decode_public_key(cfg.detector.pack_public_key)
+    if args.models_action == "install":
+        done = install.install(Path(args.pack), root, key)
+    else:
+        done = install.rollback(root, key)
+    print(f"model pack {done.version} active in {root} (previous: {done.previous or 'none'}); "
+          "restart camtrap (systemctl restart camtrap) to load it")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
-    """``camtrap models ls|verify|adapt``."""
+    """``camtrap models ls|verify|adapt|keygen|pack|install|rollback``."""
     if args.models_action == "ls":
         return _ls(args)
+    if args.models_action in ("keygen", "pack", "install", "rollback"):
+        return _packs(args)
     if args.models_action == "adapt":
         from edge_app.tools import adapt
 

@@ -8,11 +8,14 @@ label file and how the model's labels map onto camtrap's categories and species.
 
 Only the card is code-reviewed; the model file and label file live in the models folder
 (``--models``/``detector.models_dir``/``CAMTRAP_MODELS``) because they are large and some are
-AGPL-licensed. Cards are looked up first in that folder (so a site can drop in its own model
-with its own card) and then among the cards shipped inside the package
-(``edge_app/trap/detect/model_cards``, package data). They ship in the wheel, not beside the
-source tree, because a unit runs a plain ``pip install`` of the wheel: there is no repository
-next to it, and a folder of model files must be all it needs.
+AGPL-licensed. Cards are looked up first in the *active signed model pack* (``<models>/current``,
+installed by ``camtrap models install``; see :mod:`edge_app.trap.packs`) and then among the
+cards shipped inside the package (``edge_app/trap/detect/model_cards``, package data). A loose
+card dropped into the models folder is ignored (and logged): a card decides which bytes the trap
+trusts, so only a code-reviewed packaged card or a card that came in a signed, self-tested pack
+may do that — a stray copy on an SD card must not quietly re-point the detector. Packaged cards
+ship in the wheel, not beside the source tree, because a unit runs a plain ``pip install`` of
+the wheel: there is no repository next to it, and a folder of model files must be all it needs.
 
 New output formats plug in through :data:`FORMATS`: a format names the task it serves and the
 extra ``[output]`` keys it accepts (with types and defaults). The loader validates cards
@@ -265,12 +268,12 @@ class ModelCard:
     notes: str = ""
 
     def model_path(self, models_dir: Path) -> Path:
-        """The model file this card describes, inside ``models_dir``."""
-        return models_dir / self.file
+        """The model file this card describes: in the active pack, else in ``models_dir``."""
+        return file_in(models_dir, self.file)
 
     def labels_path(self, models_dir: Path) -> Path:
-        """The label file, inside ``models_dir``."""
-        return models_dir / self.labels
+        """The label file: in the active pack, else in ``models_dir``."""
+        return file_in(models_dir, self.labels)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -453,18 +456,66 @@ def load_card(path: Path) -> ModelCard:
     return parse_card(data, path.stem, path)
 
 
+PACK_MANIFEST = "manifest.json"
+"""The file that makes a folder a model pack (see :mod:`edge_app.trap.packs`)."""
+ACTIVE_PACK = "current"
+"""``<models>/current``: the symlink to the active pack, switched atomically on install."""
+
+
+def pack_dir(models_dir: Path | None) -> Path | None:
+    """The model pack whose cards and files win, if any.
+
+    ``<models>/current`` when a pack is installed there; or ``models_dir`` itself when it *is*
+    an unpacked pack (the installer self-tests a staged pack this way, before switching).
+    The signature is checked once, at install; like the models folder itself, an installed
+    pack is then trusted as far as the sha256 in each card goes.
+    """
+    if models_dir is None:
+        return None
+    current = models_dir / ACTIVE_PACK
+    if (current / PACK_MANIFEST).is_file():
+        return current
+    if (models_dir / PACK_MANIFEST).is_file():
+        return models_dir
+    return None
+
+
+def file_in(models_dir: Path, name: str) -> Path:
+    """A model or label file: the active pack's copy when it has one, else the folder's.
+
+    A pack may carry only the detector; the other models (the classifier, the embedder) then
+    still come from the models folder, pinned by their packaged cards' sha256.
+    """
+    pack = pack_dir(models_dir)
+    if pack is not None and (pack / name).is_file():
+        return pack / name
+    return models_dir / name
+
+
+_warned_loose: set[str] = set()
+
+
 def card_dirs(models_dir: Path | None) -> list[Path]:
-    """Where cards are searched, in order: the models folder, then the packaged cards."""
-    dirs = [models_dir] if models_dir is not None else []
+    """Where cards are searched, in order: the active signed pack (if any), then the packaged
+    cards. Never the loose models folder: see the module docstring."""
+    pack = pack_dir(models_dir)
+    if models_dir is not None and pack != models_dir and models_dir.is_dir():
+        loose = sorted(p.name for p in models_dir.glob("*.toml"))
+        if loose and str(models_dir) not in _warned_loose:
+            _warned_loose.add(str(models_dir))
+            log.warning("ignoring loose model card(s) %s in %s: only cards in a signed model "
+                        "pack (camtrap models install) override the packaged ones",
+                        ", ".join(loose), models_dir)
+    dirs = [pack] if pack is not None else []
     dirs.append(PACKAGED_CARDS)
     return dirs
 
 
 def find_card(name: str, models_dir: Path | None) -> Path:
-    """Find the card called ``name``: ``<models_dir>/<name>.toml`` first, then the package's.
+    """Find the card called ``name``: in the active pack first, then the package's.
 
-    The models folder wins so that a site can pin its own model (or a re-export of the same
-    one) without touching the installed package.
+    A pack's card wins so that a site can pin its own model (or a re-export of the same one)
+    without touching the installed package — through a signed pack only.
 
     Raises:
         ModelError: ``name`` is not a plain card name, or no such card exists.
@@ -477,7 +528,10 @@ def find_card(name: str, models_dir: Path | None) -> Path:
         if p.is_file():
             return p
         tried.append(str(p))
-    raise ModelError(name, f"no model card found (looked for {' and '.join(tried)})")
+    loose = "" if models_dir is None or not (models_dir / f"{name}.toml").is_file() else (
+        f"; {models_dir / f'{name}.toml'} is a loose card, ignored: install it in a signed "
+        "model pack")
+    raise ModelError(name, f"no model card found (looked for {' and '.join(tried)}){loose}")
 
 
 # --------------------------------------------------------------------------- files

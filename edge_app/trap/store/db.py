@@ -13,7 +13,8 @@ instead of failing with ``database is locked``.
 Schema versions: v1 (the first release) had no ``acked-by-broker`` outbox state, no per-row
 chunk list and no ``settings`` table; v2 outbox rows carried MQTT topics, and the LoRa router
 kept its queue in tables of its own outside the versioning; v3 has one transport-neutral
-outbox (a ``link`` per row) and every table of every link in this schema. :func:`open_db`
+outbox (a ``link`` per row) and every table of every link in this schema; v4 adds the
+``deployments`` table (``camtrap deployment start|end``, trap/store/deployments.py). :func:`open_db`
 upgrades an older database in place, in one transaction, so a unit in the field keeps its
 queued alerts across a software update.
 
@@ -36,7 +37,7 @@ from edge_app.core.errors import StorageError
 logger = logging.getLogger(__name__)
 
 DB_NAME = "camtrap.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 
 # -- the outbox, per schema version ----------------------------------------------------------
@@ -185,7 +186,31 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 """
 
-_SCHEMA = _BASE + _OUTBOX_TABLE.format(name="outbox") + _OUTBOX_INDEXES + AIRTIME_TABLE
+# v4: where and how the unit was set up, one row per placement, kept as history; at most one
+# open (end_ts NULL) at a time. Events name theirs in the event JSON (``deployment_id``).
+DEPLOYMENTS_TABLE = """
+CREATE TABLE IF NOT EXISTS deployments (
+    id                 TEXT PRIMARY KEY,
+    start_ts           REAL NOT NULL,
+    end_ts             REAL,
+    lat                REAL NOT NULL,
+    lon                REAL NOT NULL,
+    location_name      TEXT NOT NULL DEFAULT '',
+    camera_height_m    REAL,
+    camera_heading_deg INTEGER,
+    bait               INTEGER,
+    feature            TEXT NOT NULL DEFAULT '',
+    habitat            TEXT NOT NULL DEFAULT '',
+    setup_by           TEXT NOT NULL DEFAULT '',
+    comments           TEXT NOT NULL DEFAULT '',
+    CHECK (end_ts IS NULL OR end_ts >= start_ts)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS deployments_one_open ON deployments ((end_ts IS NULL))
+    WHERE end_ts IS NULL;
+"""
+
+_SCHEMA = (_BASE + _OUTBOX_TABLE.format(name="outbox") + _OUTBOX_INDEXES + AIRTIME_TABLE
+           + DEPLOYMENTS_TABLE)
 
 
 def db_path(root: str | os.PathLike[str]) -> Path:
@@ -275,7 +300,7 @@ def _migrate(conn: sqlite3.Connection, p: Path) -> int:
 
     The version is read again inside the write transaction: the store and uplink threads open
     the database at the same time, and only the first of them may migrate. The steps run in
-    order (v1 → v2 → v3), each against the tables as that version left them.
+    order (v1 → v2 → v3 → v4), each against the tables as that version left them.
 
     Returns:
         The schema version afterwards.
@@ -293,6 +318,10 @@ def _migrate(conn: sqlite3.Connection, p: Path) -> int:
             if version == 2:
                 _migrate_2_to_3(conn)
                 version = 3
+            if version == 3:
+                for stmt in _statements(DEPLOYMENTS_TABLE):  # v3 → v4: a new table only
+                    conn.execute(stmt)
+                version = 4
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                          (str(version),))
     except sqlite3.Error as e:

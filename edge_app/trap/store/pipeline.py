@@ -51,6 +51,7 @@ from edge_app.core.events import Burst, Frame, Outcome, Verdict
 from edge_app.trap.store import exif
 from edge_app.trap.store.catalog import Catalog, EventRecord
 from edge_app.trap.store.db import db_path, open_db, transaction
+from edge_app.trap.store.deployments import DeploymentBook
 from edge_app.trap.store.media import (
     MediaKind,
     MediaRef,
@@ -101,13 +102,15 @@ def build_event(
     time_synced: bool,
     audit: bool = False,
     time_source: str | None = None,
+    deployment_id: str | None = None,
 ) -> dict[str, Any]:
     """The event JSON of ARCHITECTURE §6, plus ``outcome`` and ``kept_by`` (the stages that
     said "not empty": ``detector``, ``classifier``, ``head``, ``background``, ``motion``,
     ``unreadable``; empty for an audit sample of a discard).
 
     ``detections`` are the boxes of the verdict's best frame (``detect --json`` items);
-    ``frames`` is the number of frames in the burst.
+    ``frames`` is the number of frames in the burst. ``deployment_id``: the deployment
+    (``camtrap deployment start``) whose interval holds the trigger, null outside any.
     """
     best = None
     if 0 <= verdict.best_index < len(verdict.results):
@@ -116,6 +119,7 @@ def build_event(
         "id": event_id,
         "unit": unit,
         "seq": seq,
+        "deployment_id": deployment_id,
         "ts": rfc3339(burst.trigger.wall),
         "time_synced": time_synced,
         # gps / ntp (the Pi's clock and what synced it), rtc (the supervisor MCU's RTC
@@ -275,9 +279,11 @@ class EventStore:
             else "ntp" if time_synced is not False else "none")
         if battery_v is None and temp_c is None and self.readings is not None:
             battery_v, temp_c = self.readings()
+        deployment_id = DeploymentBook(self._conn).at(burst.trigger.wall)
         event = build_event(
             event_id=event_id, unit=unit, seq=seq, burst=burst, verdict=verdict, media=media,
             battery_v=battery_v, temp_c=temp_c, audit=audit, time_source=source,
+            deployment_id=deployment_id,
             time_synced=source != "none" if time_synced is None else time_synced,
         )
         payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)

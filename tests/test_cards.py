@@ -281,3 +281,18 @@ def test_card_input_size_must_match_model(tmp_path: Path, models_dir: Path) -> N
         (tmp_path / f).symlink_to(models_dir / f)
     with pytest.raises(ModelError, match="input is 640x640 but card"):
         Pipeline(DetectorConfig(classifier=""), tmp_path)
+
+
+def test_a_site_head_comes_from_the_active_pack_when_it_carries_one(tmp_path: Path) -> None:
+    from edge_app.trap.detect.pipeline import head_path
+
+    models = tmp_path / "models"
+    (models / "packs" / "v2").mkdir(parents=True)
+    (models / "LL-042-head.npz").write_bytes(b"loose")
+    assert head_path("LL-042-head.npz", models) == models / "LL-042-head.npz"  # no pack yet
+    (models / "packs" / "v2" / "manifest.json").write_text("{}")
+    (models / "current").symlink_to(Path("packs") / "v2")
+    assert head_path("LL-042-head.npz", models) == models / "LL-042-head.npz"  # pack lacks it
+    (models / "packs" / "v2" / "LL-042-head.npz").write_bytes(b"signed")
+    assert head_path("LL-042-head.npz", models).read_bytes() == b"signed"
+    assert head_path(str(tmp_path / "abs.npz"), models) == tmp_path / "abs.npz"

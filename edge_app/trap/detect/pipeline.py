@@ -58,6 +58,7 @@ from edge_app.trap.detect import decoders
 from edge_app.trap.detect.cards import (
     ClassMap,
     ModelCard,
+    file_in,
 )
 from edge_app.trap.detect.decoders import Decoded, Quant
 from edge_app.trap.detect.embed import Embedder
@@ -692,6 +693,8 @@ class Pipeline:
 
 
 def head_path(value: str, models_dir: Path) -> Path:
-    """``detector.head`` as a path: absolute, or relative to the models folder."""
+    """``detector.head`` as a path: absolute, or relative to the models folder — the active
+    signed pack's copy when the pack carries it (a head sent in a pack is the one the pack's
+    signature and hashes vouch for)."""
     p = Path(value).expanduser()
-    return p if p.is_absolute() else models_dir / p
+    return p if p.is_absolute() else file_in(models_dir, value)

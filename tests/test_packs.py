@@ -369,3 +369,82 @@ def test_an_oversized_member_is_refused_before_it_is_written(
     with pytest.raises(ModelError, match=rf"{MODEL}.* limit 1048576"):
         packs.install(built["v1"], tmp_path / "models", key_of(keys))
     assert not list((tmp_path / "models").rglob(MODEL))
+
+
+# -- a new pack is on trial until the daemon has run healthy with it ---------------------------
+
+
+def test_a_pack_that_never_runs_healthy_is_rolled_back_after_its_starts(
+        unit: Path, built: dict[str, Path]) -> None:
+    from edge_app.core import config as config_mod
+    from edge_app.trap.packs.on_start import PackTrial
+    from edge_app.trap.packs.trial import MAX_TRIAL_STARTS, TRIAL
+
+    root = unit.parent / "models"
+    cfg = config_mod.load(unit)
+    packs.install(built["v1"], root, decode_public_key(cfg.detector.pack_public_key))
+    assert not (root / TRIAL).exists()  # nothing to roll back to: no trial
+    packs.install(built["v2"], root, decode_public_key(cfg.detector.pack_public_key))
+    assert (root / TRIAL).exists()
+    for _ in range(MAX_TRIAL_STARTS):  # systemd restarting a daemon that keeps dying
+        assert not PackTrial.for_config(cfg, None).count_start()
+        assert packs.active(root) == "v2"
+    assert PackTrial.for_config(cfg, None).count_start()  # one start too many
+    assert (packs.active(root), packs.active(root, "previous")) == ("v1", "v2")
+    assert not (root / TRIAL).exists()
+    assert not PackTrial.for_config(cfg, None).count_start()  # v1 is not on trial
+
+
+def test_a_pack_the_daemon_refuses_at_start_is_rolled_back(
+        unit: Path, built: dict[str, Path]) -> None:
+    from edge_app.core import config as config_mod
+
+    root = unit.parent / "models"
+    cfg = config_mod.load(unit)
+    key = decode_public_key(cfg.detector.pack_public_key)
+    packs.install(built["v1"], root, key)
+    packs.install(built["v2"], root, key)
+    model = next(p for p in (root / "packs" / "v2").iterdir() if p.suffix == ".tflite")
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))  # broken after its self-test passed
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge_app", "run", "--config", str(unit)],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    r = run()
+    assert r.returncode == 1, r.stderr[-2000:]  # systemd restarts it on the previous pack
+    assert "failed on trial" in r.stderr
+    assert packs.active(root) == "v1"
+    (root / "packs" / "v1" / model.name).write_bytes(b"x")
+    r = run()  # v1 is not on trial: a broken v1 is a config error, exit 2, as before
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert packs.active(root) == "v1"
+
+
+def test_healthy_running_confirms_the_pack_and_a_sick_tick_restarts_the_count(
+        unit: Path, built: dict[str, Path]) -> None:
+    from edge_app.core import config as config_mod
+    from edge_app.core.clock import FakeClock
+    from edge_app.trap.packs.on_start import PackTrial
+    from edge_app.trap.packs.trial import CONFIRM_AFTER_S, TRIAL
+
+    root = unit.parent / "models"
+    cfg = config_mod.load(unit)
+    for v in ("v1", "v2"):
+        packs.install(built[v], root, decode_public_key(cfg.detector.pack_public_key))
+    clock = FakeClock()
+    hook = PackTrial.for_config(cfg, None).watch(clock)
+    assert hook is not None
+    hook(True)
+    clock.advance(CONFIRM_AFTER_S - 1)
+    hook(False)  # a stage was late: the healthy time starts again
+    hook(True)
+    clock.advance(CONFIRM_AFTER_S - 1)
+    hook(True)
+    assert (root / TRIAL).exists()
+    clock.advance(2)
+    hook(True)
+    assert not (root / TRIAL).exists()
+    assert packs.active(root) == "v2"

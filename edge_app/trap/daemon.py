@@ -46,6 +46,7 @@ from edge_app.trap.hardware.ir import Lighting, make_lighting
 from edge_app.trap.hardware.mcu import McuError
 from edge_app.trap.hardware.trigger import PirTrigger, make_pin_factory
 from edge_app.trap.health import Heart
+from edge_app.trap.packs.on_start import PackTrial
 from edge_app.trap.power import PowerObservation, PowerPolicy
 from edge_app.trap.power_stage import PowerStage
 from edge_app.trap.settings import Settings
@@ -562,7 +563,15 @@ def run_daemon(cfg: Config, models: str | None = None) -> int:
     """
     from edge_app.trap.preflight import StartUndo, check, model_key
 
-    ready = check(cfg, models)
+    trial = PackTrial.for_config(cfg, models)  # a newly installed model pack on trial
+    if trial.count_start():
+        return 1  # rolled back: systemd restarts us on the previous pack
+    try:
+        ready = check(cfg, models)
+    except ConfigError as e:
+        if e.key.startswith("detector.") and trial.failed(str(e)):
+            return 1
+        raise
     for note in ready.notes:
         logger.warning("%s", note)
     undo = StartUndo(Path(cfg.storage.root))
@@ -570,6 +579,8 @@ def run_daemon(cfg: Config, models: str | None = None) -> int:
         app = App(cfg, ready.models_dir)
     except ModelError as e:  # only the interpreter sees it: after the store's mkdir
         undo.undo()
+        if trial.failed(str(e)):
+            return 1
         raise ConfigError(model_key(cfg, ready.models_dir, e), str(e)) from None
     except BaseException:
         undo.undo()
@@ -583,6 +594,7 @@ def run_daemon(cfg: Config, models: str | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     app.start()
     sd_notify("READY=1")
+    app.watchdog.on_tick = trial.watch(app.clock)  # healthy long enough: the pack is confirmed
     app.watchdog.run(app.supervisor.done)  # until a signal or a stage gives up
     sd_notify("STOPPING=1")
     late = app.stop(5.0)

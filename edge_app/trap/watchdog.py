@@ -70,7 +70,7 @@ class Watchdog:
         self._clock = clock
         self._notify = notify
         self.interval_s = interval_s
-        self._on_tick = on_tick
+        self.on_tick = on_tick
         self.stats = WatchdogStats()
 
     def tick(self) -> bool:
@@ -88,9 +88,9 @@ class Watchdog:
             self._notify("WATCHDOG=1")
             self.stats.pings += 1
         self.stats.late_now = names
-        if self._on_tick is not None:
+        if self.on_tick is not None:
             try:
-                self._on_tick(not late)
+                self.on_tick(not late)
             except Exception:  # the MCU link failing must not stop the systemd pings
                 logger.exception("watchdog: heartbeat hook failed")
         return not late

@@ -46,6 +46,7 @@ from edge_app.trap.packs.manifest import (
     parse_manifest,
     verify_signature,
 )
+from edge_app.trap.packs.trial import Trial
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,8 @@ def _install(pack: Path, root: Path, public_key: bytes) -> Installed:
     _step("previous")
     if old is not None:
         _point(root, PREVIOUS, old)
+    if old is not None:  # on trial until the daemon runs healthy with it (trial.py); written
+        Trial.begin(root, m.version)  # before the switch: a kill between leaves no trial
     _step("switch")
     _point(root, ACTIVE_PACK, m.version)
     _step("switched")
@@ -252,6 +255,7 @@ def _rollback(root: Path, public_key: bytes) -> Installed:
     if prev is None or not VERSION_RE.match(prev) or prev == cur:
         raise ModelError(str(root / PREVIOUS), "no previous model pack to roll back to")
     verify_pack_dir(root / PACKS / prev, public_key)
+    Trial.load(root).end()  # a rollback ends any trial
     _point(root, ACTIVE_PACK, prev)
     if cur is not None:
         _point(root, PREVIOUS, cur)

@@ -39,8 +39,8 @@ class PackTrial:
         """The trial in the models folder ``run`` is about to use, if any."""
         try:
             root = resolve_models_dir(models, cfg.detector.models_dir)
-        except ConfigError:
-            return cls(None)  # preflight reports the folder
+        except (ConfigError, ModelError):
+            return cls(None)  # no folder: preflight reports it, in its own order
         trial = Trial.load(root)
         if trial.version is None:
             return cls(None)

@@ -152,11 +152,13 @@ class MqttSession:
             self.client.tls_set(ca_certs=ca_file, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = lambda _c, _u, msg: self._on_message(msg)
         self.client.on_socket_register_write = lambda _c, _u, _sock: None  # see module doc
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._connected = False
+        self._subscribed = False
         self._refused: str | None = None
         self._lost: str | None = None
         self._thread: threading.Thread | None = None
@@ -182,9 +184,14 @@ class MqttSession:
         return self._connected
 
     def wait_connected(self, timeout_s: float) -> bool:
-        """Block until subscribed (or ``timeout_s``); True if connected."""
+        """Block until the broker has acknowledged the subscriptions (or ``timeout_s``).
+
+        Waiting for the SUBACK, not the CONNACK: on a first connection a message published
+        between the two would not be routed to us, and a caller that goes on to publish (a
+        test, a tool) would lose it.
+        """
         with self._cond:
-            return self._cond.wait_for(lambda: self._connected, timeout_s)
+            return self._cond.wait_for(lambda: self._connected and self._subscribed, timeout_s)
 
     # -- used by the worker -----------------------------------------------------------------
 
@@ -251,6 +258,14 @@ class MqttSession:
     def _set_connected(self, value: bool) -> None:
         with self._cond:
             self._connected = value
+            if not value:
+                self._subscribed = False
+            self._cond.notify_all()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reason_codes: list[ReasonCode], properties: Properties | None) -> None:
+        with self._cond:
+            self._subscribed = True
             self._cond.notify_all()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags,

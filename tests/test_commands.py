@@ -184,3 +184,11 @@ def test_a_deep_payload_is_refused_not_raised(trap: Trap) -> None:
     assert r["ok"] is False
     assert r["refused"] in {"too_large", "too_deep"}
     assert trap.run("config/set", {"id": "ok1", "values": {"camera.burst_frames": 4}})["ok"]
+
+
+def test_model_pack_commands_on_a_unit_without_a_fleet_key(trap: Trap) -> None:
+    """A unit that cannot check a signature takes no packs, and says why."""
+    for name in ("models/offer", "models/install"):
+        r = trap.run(name, {"id": name, "pack": "ab" * 32, "bytes": 5000, "chunk_bytes": 1024})
+        assert r == {"id": name, "ok": False, "error": "this unit takes no model packs: "
+                     "detector.pack_public_key is not set in its config"}

@@ -38,6 +38,12 @@ def cmd_result_topic(prefix: str, unit: str, name: str) -> str:
     return f"{cmd_topic(prefix, unit, name)}/result"
 
 
+def pack_topic(prefix: str, unit: str, sha256: str) -> str:
+    """``<prefix>/<unit>/pack/<sha256>``: a model pack for the unit; chunk *i* goes to
+    ``…/<i>`` (raw bytes, QoS 1), after a ``models/offer`` command."""
+    return f"{prefix}/{unit}/pack/{sha256}"
+
+
 def parse_unit_topic(prefix: str, topic: str) -> tuple[str, list[str]] | None:
     """``<prefix>/<unit>/<rest...>`` → (unit, rest levels); None for another prefix."""
     head = prefix + "/"

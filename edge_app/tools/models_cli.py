@@ -1,8 +1,9 @@
-"""``camtrap models ls|verify|adapt|keygen|pack|install|rollback``.
+"""``camtrap models ls|verify|adapt|keygen|pack|install|rollback|push``.
 
 ``keygen``/``pack`` are the maintainer's side of signed model packs
 (:mod:`edge_app.tools.pack_build`); ``install``/``rollback`` the unit's
-(:mod:`edge_app.trap.packs.install`).
+(:mod:`edge_app.trap.packs.install`); ``push`` sends a pack to a unit over MQTT
+(:mod:`edge_app.tools.pack_push`, the unit's side in :mod:`edge_app.trap.packs.remote`).
 
 ``ls`` is cheap (no hashing, no runtime): which cards exist, what they describe, and whether
 their files are in the models folder. ``verify`` is what a technician runs after copying
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.core.models_dir import SEARCH_HELP
+from edge_app.tools import pack_push
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         i.add_argument("--config", required=True, help="unit config (detector.pack_public_key, "
                        "detector.models_dir)")
         i.add_argument("--models", help=SEARCH_HELP)
+    pu = sub.add_parser("push", help="send a signed pack to a unit over MQTT (resumable); the "
+                        "unit installs it, restarts on it and rolls back by itself if it fails")
+    pack_push.add_arguments(pu)
 
 
 def list_cards(models_dir: Path | None) -> list[tuple[Path, Any]]:
@@ -246,6 +251,8 @@ def main(args: argparse.Namespace) -> int:
         return _ls(args)
     if args.models_action in ("keygen", "pack", "install", "rollback"):
         return _packs(args)
+    if args.models_action == "push":
+        return pack_push.main(args)
     if args.models_action == "adapt":
         from edge_app.tools import adapt
 

@@ -47,6 +47,8 @@ from edge_app.trap.hardware.mcu import McuError
 from edge_app.trap.hardware.trigger import PirTrigger, make_pin_factory
 from edge_app.trap.health import Heart
 from edge_app.trap.packs.on_start import PackTrial
+from edge_app.trap.packs.remote import EXIT_RESTART, pack_state
+from edge_app.trap.packs.remote import for_config as remote_packs
 from edge_app.trap.power import PowerObservation, PowerPolicy
 from edge_app.trap.power_stage import PowerStage
 from edge_app.trap.settings import Settings
@@ -71,6 +73,8 @@ CAMERA_CYCLE_OFF_S = 10
 
 LINK_DEADLINE_S = 300.0
 """The uplink and LoRa loops wake at least every 60 s; five missed turns means stuck."""
+PACK_BUSY_S = 120.0
+"""A model pack that moved this recently keeps a gated Pi up (the sender's next round)."""
 
 BACKGROUND_SHOT = "background"
 """``TriggerEvent.source`` of a scheduled background shot (not a PIR trigger: learnt, never
@@ -154,9 +158,14 @@ class App:
         self.time_source = make_time_source(cfg.hardware.backend, self.clock)
         self.store = EventStore(cfg, self.clock, time_source=self.time_source,
                                 readings=self._readings)
+        # Model packs over MQTT (trap/packs/remote.py): after a switch the daemon exits with
+        # EXIT_RESTART and systemd starts it again on the new pack, which is then on trial.
+        self.models_dir = models_dir
+        self.restart_requested = False
         self.link = (
             MqttLink(cfg, self.store.db_path, self.clock, stats_source=self.stats_extra,
-                     settings=self.settings)
+                     settings=self.settings,
+                     packs=remote_packs(cfg, models_dir, lambda _done: self._restart()))
             if cfg.mqtt.enabled else None
         )
         # LoRaWAN alerts (issue 5): its own stage, fed by the outbox's LoRa rows (the store
@@ -466,7 +475,8 @@ class App:
             "last_24h": self.store.counts_since(now - 86400.0),
             "models": {"detector": self.cfg.detector.detector,
                        "classifier": self.cfg.detector.classifier or None,
-                       "head": self.cfg.detector.head or None},
+                       "head": self.cfg.detector.head or None,
+                       "pack": pack_state(self.models_dir)},
             "stages": {"crashes": self.supervisor.crash_counts(),
                        "health": self.supervisor.health.snapshot()},
             "watchdog": {"pings": self.watchdog.stats.pings,
@@ -488,6 +498,11 @@ class App:
         if self.mcu is not None:
             out.update(self.mcu.stats())  # battery_v, solar_v, temp_c and "mcu"
         return out
+
+    def _restart(self) -> None:
+        """A new model pack is active: stop in order, and ``run`` exits with EXIT_RESTART."""
+        self.restart_requested = True
+        self.supervisor.request_stop()
 
     def _camera_given_up(self, reason: str) -> None:
         """The camera guard gave up (on the capture thread): ask the MCU for a power cycle.
@@ -518,10 +533,14 @@ class App:
         except StorageError as e:  # unknown counts as "not delivered": stay up, the cap wins
             logger.warning("power: cannot read the outbox: %s", e)
             depth = {"outbox": 1}
+        busy = set() if self.is_idle() else {"capture/detect/store"}
+        packs_at = None if self.link is None else self.link.pack_activity_mono
+        if packs_at is not None and mono - packs_at < PACK_BUSY_S:
+            busy.add("model pack download")  # the uptime cap still bounds it
         return PowerObservation(
             mono=mono, wall=self.clock.wall(), uptime_s=uptime, battery_v=self._readings()[0],
             outbox_depth=depth, last_trigger_mono=self._last_trigger_mono,
-            busy=frozenset() if self.is_idle() else frozenset({"capture/detect/store"}))
+            busy=frozenset(busy))
 
     def _halt(self) -> None:
         """The OS halt after POWER_OFF was acknowledged. On a Pi: ``systemctl poweroff``
@@ -556,7 +575,8 @@ def run_daemon(cfg: Config, models: str | None = None) -> int:
     start that fails leaves nothing behind.
 
     Returns:
-        0 after a clean stop, 1 if a stage used up its restart budget (systemd restarts us).
+        0 after a clean stop, 1 if a stage used up its restart budget, EXIT_RESTART (75)
+        after a model pack came in over MQTT (systemd restarts us in both cases).
 
     Raises:
         ConfigError: a check failed (the CLI exits 2 naming the key).
@@ -601,4 +621,8 @@ def run_daemon(cfg: Config, models: str | None = None) -> int:
     if late:
         logger.error("stages still running at exit: %s", ", ".join(late))
     logger.info("stopped: %s", app.counters.snapshot())
+    if app.restart_requested and not app.supervisor.failed:
+        logger.warning("exiting with %d: a new model pack is active; systemd starts camtrap "
+                       "again on it", EXIT_RESTART)
+        return EXIT_RESTART
     return 1 if app.supervisor.failed else 0

@@ -19,7 +19,20 @@ command            body                                                   effect
                                                                           queued again
 ``resend``         ``{"events": ["LL-042-17"]}`` or                       the events' JSON is
                    ``{"from_seq": 10, "to_seq": 20}``                      queued again
+``models/offer``   ``{"pack": "<sha256>", "bytes": N, "chunk_bytes": C}``  a model pack download
+                                                                          starts or resumes;
+                                                                          the result lists the
+                                                                          missing chunks
+``models/install`` ``{"pack": "<sha256>"}``                               the downloaded pack
+                                                                          is verified, self-
+                                                                          tested and switched
+                                                                          to; the daemon
+                                                                          restarts with it
 =================  =====================================================  ====================
+
+The two ``models/`` commands are :mod:`edge_app.trap.packs.remote`'s (the chunks themselves
+come on ``<prefix>/<unit>/pack/<sha256>/<i>``); a unit without ``detector.pack_public_key``
+answers them with ``ok: false``.
 
 ``config/set`` goes through the settings service (:mod:`edge_app.trap.settings`), the one
 owner of the trap's settings: the same allow-list, the same validation as the file, persisted
@@ -41,12 +54,14 @@ from typing import Any
 from edge_app.core.clock import Clock
 from edge_app.core.errors import ConfigError, StorageError
 from edge_app.core.guard import Limits, Refusals, Refused, parse_object
+from edge_app.trap.packs.remote import PackCommandError, RemotePacks
 from edge_app.trap.settings import Settings
 from edge_app.trap.store.outbox import Kind, Outbox
 
 logger = logging.getLogger(__name__)
 
-COMMANDS: tuple[str, ...] = ("config/set", "media/request", "resend")
+COMMANDS: tuple[str, ...] = ("config/set", "media/request", "resend", "models/offer",
+                              "models/install")
 MAX_ID_LEN = 128
 MAX_RESEND = 1000
 MAX_CHUNKS = 100_000
@@ -67,11 +82,13 @@ class Commands:
         settings: the settings service (``config/set`` changes go through it).
         clock: wall time for queued rows.
         refusals: where refused payloads are counted (the link's stats show them).
+        packs: model packs over MQTT (None: this unit takes none).
     """
 
     def __init__(self, settings: Settings, clock: Clock,
-                 refusals: Refusals | None = None) -> None:
+                 refusals: Refusals | None = None, packs: RemotePacks | None = None) -> None:
         self._settings = settings
+        self.packs = packs
         self._clock = clock
         self.refusals = refusals if refusals is not None else Refusals("mqtt commands", clock)
         self._done: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
@@ -104,9 +121,11 @@ class Commands:
                 result.update(self._config_set(body, conn))
             elif name == "media/request":
                 result.update(self._media_request(body, conn))
-            else:
+            elif name == "resend":
                 result.update(self._resend(body, conn))
-        except CommandError as e:
+            else:
+                result.update(self._models(name, body))
+        except (CommandError, PackCommandError) as e:
             result = _error(cmd_id, str(e))
         except (sqlite3.Error, StorageError) as e:
             logger.error("command %s %s: database error: %s", name, cmd_id, e)
@@ -131,6 +150,12 @@ class Commands:
         except ConfigError as e:
             raise CommandError(str(e)) from e
         return {"applied": values}
+
+    def _models(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.packs is None:
+            raise CommandError("this unit takes no model packs: detector.pack_public_key is "
+                               "not set in its config")
+        return self.packs.offer(body) if name == "models/offer" else self.packs.install(body)
 
     def _media_request(self, body: dict[str, Any], conn: sqlite3.Connection) -> dict[str, Any]:
         _only(body, {"id", "media", "chunks", "of"})

@@ -75,9 +75,11 @@ from typing import Any
 
 from edge_app.core.clock import Clock, SystemClock
 from edge_app.core.config import Config
-from edge_app.core.guard import Refusals
+from edge_app.core.guard import Refusals, Refused
 from edge_app.core.mqtt_common import new_properties, read_password_file
-from edge_app.core.topics import ack_topic, cmd_result_topic, cmd_topic, stats_topic
+from edge_app.core.topics import ack_topic, cmd_result_topic, cmd_topic, pack_topic, stats_topic
+from edge_app.trap.packs.download import DownloadError
+from edge_app.trap.packs.remote import RemotePacks
 from edge_app.trap.settings import Settings
 from edge_app.trap.store.db import open_db
 from edge_app.trap.store.outbox import Kind, Link, Outbox
@@ -85,7 +87,7 @@ from edge_app.trap.store.receipts import Receipts
 from edge_app.trap.store.retention import DiskGuard
 from edge_app.trap.uplink.commands import Commands
 from edge_app.trap.uplink.counters import Counters
-from edge_app.trap.uplink.mqtt_door import CommandCall, MqttDoor, Receipt
+from edge_app.trap.uplink.mqtt_door import CommandCall, MqttDoor, PackChunk, Receipt
 from edge_app.trap.uplink.mqtt_policy import Refusal, SendPolicy
 from edge_app.trap.uplink.mqtt_rows import DB_RETRY_S, MqttRows
 from edge_app.trap.uplink.mqtt_session import (
@@ -132,7 +134,7 @@ class MqttLink:
                  rng: random.Random | None = None, chunk_bytes: int | None = None,
                  stats_source: Callable[[], dict[str, Any]] | None = None,
                  on_config: Callable[[Config], None] | None = None,
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, packs: RemotePacks | None = None) -> None:
         self.db_path = Path(db)
         self.clock: Clock = clock or SystemClock()
         self.settings = settings or Settings(cfg, self.clock, self.db_path)
@@ -141,11 +143,12 @@ class MqttLink:
         self._chunk_override = chunk_bytes
         self._on_config = on_config
         self.report = StatsReport(self.clock, DiskGuard.from_config(cfg), stats_source)
-        self._commands = Commands(self.settings, self.clock)
+        self._commands = Commands(self.settings, self.clock, packs=packs)
         self.receipt_refusals = Refusals("mqtt receipts", self.clock)
         m = cfg.mqtt
         self.door = MqttDoor(ack_topic(m.topic_prefix, cfg.unit.id),
-                             cmd_topic(m.topic_prefix, cfg.unit.id, ""), self.receipt_refusals)
+                             cmd_topic(m.topic_prefix, cfg.unit.id, ""), self.receipt_refusals,
+                             pack_topic(m.topic_prefix, cfg.unit.id, "") if packs else "")
         self._events: queue.Queue[Event] = queue.Queue()
         self._wake_pending = threading.Event()
         self.beat: Callable[[], None] = lambda: None  # the watchdog's, set by the daemon
@@ -155,6 +158,9 @@ class MqttLink:
         # Owned by the uplink thread:
         self.policy = SendPolicy(cfg.mqtt, cfg.outbox, self._started_mono)
         self._session: Session | None = None
+        # When a model pack last moved (chunk or models/* command): the power stage keeps the
+        # Pi up through a download in gated mode. One float, written here, read there.
+        self.pack_activity_mono: float | None = None
         self._status_mid: int | None = None
         self._status_acked = self._connect_warned = False
         self.settings.subscribe(self._apply_cfg)
@@ -328,6 +334,8 @@ class MqttLink:
         for r in refused.values():
             self.rows.refused(r, now, mono)
         for call in commands:
+            if call.name.startswith("models/"):
+                self.pack_activity_mono = self.clock.monotonic()
             result = self._commands.handle(call.name, call.payload, conn)
             self._count(commands=1)
             topic = cmd_result_topic(self.cfg.mqtt.topic_prefix, self.cfg.unit.id, call.name)
@@ -351,10 +359,27 @@ class MqttLink:
             self.policy.receipt(what.ids)
         elif isinstance(what, CommandCall):
             commands.append(what)
+        elif isinstance(what, PackChunk):
+            self._pack_chunk(what)
         if ev.retain and ev.payload and self.door.inbound(ev.topic):
             logger.warning("MQTT: a message was left retained on %s: clearing it", ev.topic)
             s.clear_retained(ev.topic)
             self._count(retained_cleared=1)
+
+    def _pack_chunk(self, c: PackChunk) -> None:
+        """A model pack chunk onto the card; one that fits no offered download is counted
+        (the sender learns what is still missing from its next ``models/offer``)."""
+        packs = self._commands.packs
+        if packs is None:
+            return
+        self.pack_activity_mono = self.clock.monotonic()
+        try:
+            packs.chunk(c.sha256, c.index, c.payload)
+            self._count(pack_chunks=1)
+        except DownloadError as e:
+            self.receipt_refusals.count(Refused("pack_chunk", str(e)), "pack")
+        except OSError as e:  # the card; the chunk is asked for again
+            logger.warning("MQTT: model pack chunk %d not written: %s", c.index, e)
 
     # -- stats and stop -----------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from edge_app.core.clock import Clock, rfc3339
 from edge_app.core.config import Config
 from edge_app.core.errors import ConfigError
 from edge_app.core.mqtt_common import new_properties, read_password_file
-from edge_app.core.topics import ack_topic, cmd_topic, status_topic
+from edge_app.core.topics import ack_topic, cmd_topic, pack_topic, status_topic
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,9 @@ class Session:
         self.status_topic = status_topic(m.topic_prefix, cfg.unit.id)
         self.ack_topic = ack_topic(m.topic_prefix, cfg.unit.id)
         self.cmd_prefix = cmd_topic(m.topic_prefix, cfg.unit.id, "")
+        # Model pack chunks only for a unit that can check a pack's signature.
+        self.pack_filter = (pack_topic(m.topic_prefix, cfg.unit.id, "#")
+                            if cfg.detector.pack_public_key else None)
         self._reconnect = Backoff(m.reconnect_min_s, m.reconnect_max_s, "equal")
         self._failures = 0
         self.last_in = clock.monotonic()  # written by paho's thread (a float: atomic)
@@ -261,7 +264,10 @@ class Session:
                        retain=True)
         opts = SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True,
                                 retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        client.subscribe([(self.ack_topic, opts), (self.cmd_prefix + "#", opts)])
+        subs = [(self.ack_topic, opts), (self.cmd_prefix + "#", opts)]
+        if self.pack_filter is not None:
+            subs.append((self.pack_filter, opts))
+        client.subscribe(subs)
         max_packet = getattr(properties, "MaximumPacketSize", None) if properties else None
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
         self._events.put_nowait(Connected(bool(flags.session_present),

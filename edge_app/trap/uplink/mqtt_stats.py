@@ -49,6 +49,7 @@ class LinkStats:
         requeued: rows sent again after no answer in time.
         dropped: rows given up (unreadable media, too large, out of attempts).
         commands: commands handled.
+        pack_chunks: model pack chunks written to the card.
         stats_published: stats messages published.
         retained_cleared: retained messages cleared from our inbound topics.
     """
@@ -66,6 +67,7 @@ class LinkStats:
     requeued: int = 0
     dropped: int = 0
     commands: int = 0
+    pack_chunks: int = 0
     stats_published: int = 0
     retained_cleared: int = 0
 

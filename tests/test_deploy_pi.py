@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_packs import DET, built, keys, samples  # noqa: F401 (fixtures)
 from test_provision import make_fleet, make_pki, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,3 +184,75 @@ def test_unit_hardening_keeps_what_the_trap_needs(tmp_path: Path) -> None:
     assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK" in text
     assert "NotifyAccess=main" in text
     assert "Type=notify" in text
+
+
+# -- a signed model pack on the card, installed at first boot ---------------------------------
+
+
+@pytest.mark.models
+def test_a_provisioned_pack_is_installed_at_first_boot_as_the_unit_will_load_it(
+        tmp_path: Path, pki: Path, built: dict[str, Path],  # noqa: F811
+        keys: dict[str, Path]) -> None:  # noqa: F811
+    """``--pack`` with ``--pack-key``: checked on the laptop, named in the config, installed by
+    the first boot with the unit's own ``camtrap models install`` (here the dev venv's, put
+    where the script looks for the unit's venv), and a second run changes nothing."""
+    import sys
+
+    from edge_app.core import config as config_mod
+    from edge_app.trap.detect.pipeline import Pipeline
+    from edge_app.trap.packs import install as packs
+
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "config.txt").write_text("camera_auto_detect=1\n")
+    rc, _out, err = run("--fleet", str(make_fleet(tmp_path)), "--unit", "LL-042",
+                        "--credentials", str(pki), "--boot", str(boot), "--pack",
+                        str(built["v1"]), "--pack-key", str(keys["pub"]))
+    assert rc == 0, err
+    assert (boot / "camtrap/models.pack").read_bytes() == built["v1"].read_bytes()
+    cfg = config_mod.parse(__import__("tomllib").loads(
+        (boot / "camtrap/camtrap.toml").read_text()))
+    assert (cfg.detector.detector, cfg.detector.classifier) == (DET, "")
+    assert cfg.detector.pack_public_key == keys["pub"].read_text().strip()
+
+    root = tmp_path / "root"
+    venv_bin = root / "opt/camtrap/.venv/bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "camtrap").write_text(f"#!/bin/sh\nexec {sys.executable} -m edge_app \"$@\"\n")
+    (venv_bin / "camtrap").chmod(0o755)
+    r = install(boot, root)
+    assert r.returncode == 0, r.stderr + r.stdout
+    models = root / "var/lib/camtrap/models"
+    assert packs.active(models) == "v1"
+    assert "models: model pack v1 active" in (root / "var/log/camtrap-install.log").read_text()
+    unit_cfg = config_mod.load(root / "etc/camtrap/camtrap.toml")
+    with Pipeline(unit_cfg.detector, models) as p:  # what `camtrap run` loads on the unit
+        assert p.detector_model.path.resolve() == (models / "packs/v1" / f"{DET}.tflite"
+                                                   ).resolve()
+    before = tree(root, skip=("var/log/camtrap-install.log",))
+    r = install(boot, root)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "WARNING" not in r.stdout
+    assert tree(root, skip=("var/log/camtrap-install.log",)) == before
+
+
+@pytest.mark.models
+def test_a_pack_the_fleet_key_does_not_verify_never_reaches_the_card(
+        tmp_path: Path, pki: Path, built: dict[str, Path],  # noqa: F811
+        keys: dict[str, Path]) -> None:  # noqa: F811
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "config.txt").write_text("")
+    base = ("--fleet", str(make_fleet(tmp_path)), "--unit", "LL-042", "--credentials",
+            str(pki), "--boot", str(boot))
+    rc, _out, err = run(*base, "--pack", str(built["v1"]), "--pack-key", str(keys["other_pub"]))
+    assert rc == 2
+    assert "config error: pack: " in err
+    assert "signature" in err
+    rc, _out, err = run(*base, "--pack", str(built["v1"]))
+    assert (rc, err.strip()) == (2, "camtrap: config error: pack-key: --pack needs --pack-key "
+                                    "(the fleet's public key that signed it)")
+    rc, _out, err = run(*base, "--pack-key", str(tmp_path / "fleet.csv"))
+    assert rc == 2
+    assert "pack-key: " in err
+    assert not (boot / "camtrap").exists()

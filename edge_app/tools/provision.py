@@ -7,6 +7,10 @@ write) everything the unit needs to come up as itself with no network, under ``c
 * ``secrets/``: ``ca.crt``, ``mqtt-password``, ``unit.crt`` + ``unit.key`` when the
   credentials hold client certificates, ``lorawan.toml`` when the row has LoRaWAN keys;
 * ``wheelhouse/``: the offline wheels of camtrap and its dependencies (``--wheelhouse``);
+* ``models.pack``: a signed model pack (``--pack``, with the fleet's public key ``--pack-key``),
+  checked here against the key (signature, every file, the cards) so a wrong pack is found on
+  the laptop; the config then names its models and carries the key, and the install script
+  installs it with ``camtrap models install`` (a unit with no models cannot start);
 * ``deploy/``: ``install-camtrap`` and the systemd unit and polkit rule it installs;
 * ``unit.json``: the unit id, deployment id and the sha256 of every file above. It is how a
   second run knows the card is this unit's (and refuses another unit's without ``--force``)
@@ -111,12 +115,74 @@ def read_credentials(creds: Path, unit_id: str) -> dict[str, bytes]:
     return out
 
 
+@dataclass(frozen=True)
+class ModelPack:
+    """A pack for the card: its bytes and the ``[detector]`` keys its models need."""
+
+    data: bytes
+    detector: dict[str, str]
+
+
+def read_pack_key(pack_key: Path) -> str:
+    """The fleet's public key as the config holds it (the .pub file's one line).
+
+    Raises:
+        ConfigError: unreadable, or not an Ed25519 public key.
+    """
+    from edge_app.core.errors import ModelError
+    from edge_app.trap.packs.manifest import decode_public_key
+
+    try:
+        text = pack_key.read_text().strip()
+        decode_public_key(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("pack-key", f"cannot read {pack_key}: {e}") from e
+    except ModelError as e:
+        raise ConfigError("pack-key", f"{pack_key}: {e}") from e
+    return text
+
+
+def read_pack(pack: Path, pack_key: Path) -> ModelPack:
+    """Verify ``pack`` against the fleet key as the unit will (signature, every sha256, the
+    cards), and name its models by task for the unit's config.
+
+    Raises:
+        ConfigError: the key or the pack is refused (the key ``pack`` names why).
+    """
+    import tempfile
+
+    from edge_app.core.errors import ModelError
+    from edge_app.trap.detect.cards import load_card
+    from edge_app.trap.packs.archive import extract
+    from edge_app.trap.packs.install import verify_pack_dir
+    from edge_app.trap.packs.manifest import decode_public_key
+
+    key_text = read_pack_key(pack_key)
+    key = decode_public_key(key_text)
+    detector = {"pack_public_key": key_text}
+    with tempfile.TemporaryDirectory(prefix="camtrap-pack-") as tmp:
+        try:
+            extract(pack, Path(tmp))
+            m = verify_pack_dir(Path(tmp), key)
+            for name in m.cards:
+                task = load_card(Path(tmp) / f"{name}.toml").task
+                detector.setdefault({"detector": "detector", "classifier": "classifier",
+                                     "embedding": "embedder"}[task], name)
+        except ModelError as e:
+            raise ConfigError("pack", f"{pack} is refused: {e}") from e
+    detector.setdefault("classifier", "")  # a pack without one: the config must not ask
+    return ModelPack(pack.read_bytes(), detector)
+
+
 def card_files(row: FleetRow, creds: dict[str, bytes], wheelhouse: Path | None,
-               deploy: Path) -> dict[str, bytes]:
+               deploy: Path, pack: ModelPack | None = None) -> dict[str, bytes]:
     """Every file under ``camtrap/`` except the marker, by card path."""
-    toml = render_config(row, client_certs="unit.key" in creds)
+    toml = render_config(row, client_certs="unit.key" in creds,
+                         detector=None if pack is None else pack.detector)
     config.parse(tomllib.loads(toml))  # what `check-config --schema-only` checks
     files = {f"{CARD_DIR}/camtrap.toml": toml.encode()}
+    if pack is not None and pack.data:
+        files[f"{CARD_DIR}/models.pack"] = pack.data
     for name, data in creds.items():
         files[f"{CARD_DIR}/secrets/{name}"] = data
     if row.lorawan:
@@ -218,7 +284,8 @@ def first_boot_kind(present: set[str], cmdline: bytes | None) -> str:
 
 
 def provision(row: FleetRow, creds: Path, card: BootCard, *, wheelhouse: Path | None = None,
-              force: bool = False, deploy: Path | None = None) -> Result:
+              force: bool = False, deploy: Path | None = None,
+              pack: ModelPack | None = None) -> Result:
     present = card.files()
     if "config.txt" not in present:
         raise ConfigError("boot", f"{card.label} has no config.txt: not a Raspberry Pi boot "
@@ -229,7 +296,7 @@ def provision(row: FleetRow, creds: Path, card: BootCard, *, wheelhouse: Path | 
                           f"{str(old.get('unit_id'))[:64]}; give --force to overwrite it "
                           f"with {row.unit_id}")
     files = card_files(row, read_credentials(creds, row.unit_id), wheelhouse,
-                       deploy or deploy_dir())
+                       deploy or deploy_dir(), pack)
     result = Result(row.unit_id, card.label, first_boot_kind(present, card.read("cmdline.txt")))
     # The marker first: a card pulled half-way says whose it is, and its hashes do not match
     # the files, so the install script refuses it until a run completes.
@@ -270,6 +337,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "(bytes) for the partition inside a whole-disk image")
     ap.add_argument("--wheelhouse", type=Path, metavar="DIR",
                     help="folder of aarch64 wheels to install from offline")
+    ap.add_argument("--pack", type=Path, metavar="PACK",
+                    help="signed model pack ('camtrap models pack') installed at first boot")
+    ap.add_argument("--pack-key", type=Path, metavar="KEY.pub",
+                    help="the fleet's public key ('camtrap models keygen'): --pack is checked "
+                         "against it, and the unit takes packs signed by it")
     ap.add_argument("--force", action="store_true",
                     help="overwrite a card provisioned for another unit")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -281,8 +353,15 @@ def main(args: argparse.Namespace) -> int:
     if row is None:
         raise ConfigError("unit", f"{args.unit[:40]!r} is not in {args.fleet} "
                           f"({len(rows)} units)")
+    if args.pack is not None and args.pack_key is None:
+        raise ConfigError("pack-key", "--pack needs --pack-key (the fleet's public key that "
+                          "signed it)")
+    pack = None
+    if args.pack_key is not None:
+        pack = (read_pack(args.pack, args.pack_key) if args.pack is not None
+                else ModelPack(b"", {"pack_public_key": read_pack_key(args.pack_key)}))
     result = provision(row, args.credentials, open_card(args.boot),
-                       wheelhouse=args.wheelhouse, force=args.force)
+                       wheelhouse=args.wheelhouse, force=args.force, pack=pack)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0

@@ -173,12 +173,14 @@ def _s(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def render_config(row: FleetRow, *, client_certs: bool) -> str:
+def render_config(row: FleetRow, *, client_certs: bool,
+                  detector: dict[str, str] | None = None) -> str:
     """The unit's camtrap.toml, in the shape of ``deploy/config/field.toml`` with its values.
 
     Secrets are named by path only (``/etc/camtrap/...``, where the install script puts
     them); client certificate lines appear only when the credentials hold them, so a unit
-    made without ``make-credentials --client-certs`` gets a config that starts.
+    made without ``make-credentials --client-certs`` gets a config that starts. ``detector``
+    adds ``[detector]`` keys (the models a provisioned pack holds, the fleet's public key).
     """
     mqtt_tls = [f"ca_file = {_s('/etc/camtrap/ca.crt')}"]
     if client_certs:
@@ -211,6 +213,7 @@ def render_config(row: FleetRow, *, client_certs: bool) -> str:
         "",
         "[detector]",
         "num_threads = 4",
+        *(f"{k} = {_s(v)}" for k, v in (detector or {}).items()),
         "",
         "[policy]",
         'alert_on = ["leopard", "tiger", "person", "vehicle"]',

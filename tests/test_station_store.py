@@ -8,7 +8,7 @@ from pathlib import Path
 
 from station_support import event
 
-from edge_app.station.store import DB_NAME, RangerStore, StoredEvent
+from edge_app.station.store import DB_NAME, SCHEMA_VERSION, RangerStore, StoredEvent
 
 
 def stored(unit: str, event_id: str) -> StoredEvent:
@@ -58,7 +58,46 @@ def test_a_store_keyed_by_id_alone_is_migrated_in_place(tmp_path: Path) -> None:
         finally:
             s.close()
     con = sqlite3.connect(tmp_path / DB_NAME)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert con.execute("SELECT unit, id, link FROM sightings ORDER BY unit").fetchall() == [
+        ("A-1", "A-1-1", "mqtt"), ("B-2", "A-1-1", "mqtt")]
     assert con.execute("SELECT COUNT(*) FROM sqlite_master WHERE name LIKE '%_v0'"
                        ).fetchone()[0] == 0
     con.close()
+
+
+def test_one_alert_every_link_lora_first_then_mqtt_completes_it_in_place(tmp_path: Path) -> None:
+    s = RangerStore(tmp_path)
+    try:
+        lora = StoredEvent("A-1-7", "A-1", "alert", {**event("A-1", 7), "source": "lorawan",
+                                                     "media": []})
+        mqtt = StoredEvent("A-1-7", "A-1", "alert", event("A-1", 7, label="leopard"))
+        assert s.add_events([lora], 10.0, link="lorawan") == {("A-1", "A-1-7")}
+        assert s.event("A-1", "A-1-7") == lora.event
+        assert s.add_events([mqtt], 25.0) == set()  # shown already: not new, but completed
+        assert s.event("A-1", "A-1-7") == mqtt.event
+        assert s.add_events([lora], 30.0, link="lorawan") == set()  # never back to LoRa
+        assert s.event("A-1", "A-1-7") == mqtt.event
+        assert s.links("A-1", "A-1-7") == {"lorawan": 10.0, "mqtt": 25.0}
+        assert s.event_count() == 1
+    finally:
+        s.close()
+
+
+def test_the_fleet_row_keeps_the_last_status_and_stats(tmp_path: Path) -> None:
+    s = RangerStore(tmp_path)
+    try:
+        assert s.unit("A-1") is None
+        s.update_unit("A-1", 5.0, state="online")
+        s.update_unit("A-1", 9.0, stats={"battery_v": 3.3})
+        s.update_unit("A-1", 12.0)  # an event: seen, nothing else changes
+        s.update_unit("A-1", 11.0)  # late: last_seen never goes back
+        assert s.unit("A-1") == {"unit": "A-1", "state": "online", "state_at": 5.0,
+                                 "last_seen": 12.0, "stats": {"battery_v": 3.3},
+                                 "stats_at": 9.0}
+        s.update_unit("A-1", 20.0, state="lost")
+        u = s.unit("A-1")
+        assert u is not None
+        assert (u["state"], u["state_at"], u["stats"]) == ("lost", 20.0, {"battery_v": 3.3})
+    finally:
+        s.close()

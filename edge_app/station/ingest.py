@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 AlertHook = Callable[[dict[str, Any]], None]
 StatusHook = Callable[[str, dict[str, Any]], None]
 MediaHook = Callable[[str, str, Path], None]
+#: (unit, event id, link, new): an event was stored (new, or a copy over another link / the
+#: MQTT event replacing its LoRa alert); what a live page listens to.
+EventHook = Callable[[str, str, str, bool], None]
 #: (topic, payload) → an alert event, or None; for extra sources such as LoRaWAN network
 #: servers (edge_app/station/lorawan.py), which do their own door and counting.
 ExtraDecoder = Callable[[str, bytes], dict[str, Any] | None]
@@ -99,6 +102,7 @@ class Hooks:
     on_stats: StatusHook | None = None
     on_media: MediaHook | None = None
     on_result: StatusHook | None = None
+    on_event: EventHook | None = None
 
 
 class Ingest:
@@ -212,12 +216,17 @@ class Ingest:
         if not events:
             return True
         if self.store is not None:
+            now = self._clock.wall()
             try:
-                new = self.store.add_events(events, self._clock.wall())
+                new = self.store.add_events(events, now)
+                for unit in {ev.unit for ev in events}:
+                    self.store.update_unit(unit, now)
             except StorageError as e:
                 self.stats.store_errors += 1
                 logger.error("receiver: %s", e)
                 return False
+            for ev in events:
+                self._call(self.hooks.on_event, ev.unit, ev.id, "mqtt", ev.key in new)
         else:
             new = self.book.fresh(events)
         decision = self.book.decide(events, new)
@@ -251,11 +260,34 @@ class Ingest:
         if event is None:
             return True
         self.stats.received += 1
+        if self.store is not None:
+            return self._store_extra(event)
         if not self.book.lora_alert(event):
             self.stats.duplicates += 1
             return True
         self.stats.delivered += 1
         self._call(self.hooks.on_alert, event)
+        return True
+
+    def _store_extra(self, event: dict[str, Any]) -> bool:
+        """A LoRa alert with a store: stored as the event until its MQTT copy replaces it, so
+        the page shows it at once and then every link it came over (ARCHITECTURE §10)."""
+        assert self.store is not None
+        ev = StoredEvent(str(event["id"]), str(event["unit"]), "alert", event)
+        now = self._clock.wall()
+        try:
+            new = self.store.add_events([ev], now, link="lorawan")
+            self.store.update_unit(ev.unit, now)
+        except StorageError as e:  # LoRa has no redelivery: shown all the same, once
+            self.stats.store_errors += 1
+            logger.error("receiver: LoRa alert %s not stored: %s", ev.id, e)
+            new = {ev.key} if self.book.lora_alert(event) else set()
+        if ev.key not in new:
+            self.stats.duplicates += 1
+        else:
+            self.stats.delivered += 1
+            self._call(self.hooks.on_alert, event)
+        self._call(self.hooks.on_event, ev.unit, ev.id, "lorawan", ev.key in new)
         return True
 
     def _handle_other(self, m: Incoming, unit: str, rest: list[str]) -> None:
@@ -264,6 +296,7 @@ class Ingest:
             if status is not None:
                 level = logging.WARNING if status["state"] == "lost" else logging.INFO
                 logger.log(level, "unit %s is %s (%s)", unit, status["state"], status.get("ts"))
+                self._fleet(unit, state=str(status["state"]))
                 self._call(self.hooks.on_status, unit, status)
         elif rest == ["stats"]:
             stats = self._door(m.topic, parse_news, m.payload)
@@ -271,6 +304,7 @@ class Ingest:
                 if stats.get("disk_low"):
                     logger.warning("unit %s reports disk_low (%s bytes free)", unit,
                                    stats.get("disk_free_bytes"))
+                self._fleet(unit, stats=stats)
                 self._call(self.hooks.on_stats, unit, stats)
         elif rest[0] == "cmd" and rest[-1] == "result" and len(rest) > 2:
             body = self._door(m.topic, parse_news, m.payload)
@@ -284,6 +318,17 @@ class Ingest:
                                m.payload)
             if chunk is not None:
                 self._handle_chunk(self.media, chunk, m.topic)
+
+    def _fleet(self, unit: str, *, state: str | None = None,
+               stats: dict[str, Any] | None = None) -> None:
+        """The fleet view's row of ``unit`` (with a store); a failed write is logged only:
+        the next status or stats message brings it up to date."""
+        if self.store is None:
+            return
+        try:
+            self.store.update_unit(unit, self._clock.wall(), state=state, stats=stats)
+        except StorageError as e:
+            logger.warning("receiver: %s", e)
 
     def _handle_chunk(self, media: MediaAssembler, chunk: Chunk, source: str) -> None:
         outcome = self._door(source, media.add, chunk, self._clock.monotonic())

@@ -59,6 +59,7 @@ from edge_app.station.dedupe import DEDUPE_SIZE
 from edge_app.station.display import format_alert, parse_broker
 from edge_app.station.ingest import (
     AlertHook,
+    EventHook,
     ExtraDecoder,
     Hooks,
     Incoming,
@@ -104,6 +105,8 @@ class Receiver:
         on_stats: called with (unit, stats dict).
         on_media: called with (unit, media id, path) for each stored media file.
         on_result: called with (unit, command result dict).
+        on_event: called with (unit, event id, link, new) for every event stored (with a
+            store): new ones, and ones that came again over another link or were completed.
         on_note: called with each :class:`LinkNote` (connected, cannot reach …); else logged.
         include_keep: also deliver events whose outcome is not ``alert``.
         dedupe_size: recent ids remembered per unit (without a store).
@@ -125,6 +128,7 @@ class Receiver:
         on_alert: AlertHook | None = None, *, on_status: StatusHook | None = None,
         on_stats: StatusHook | None = None, on_media: MediaHook | None = None,
         on_result: StatusHook | None = None, on_note: NoteHook | None = None,
+        on_event: EventHook | None = None,
         include_keep: bool = False, dedupe_size: int = DEDUPE_SIZE,
         session_expiry_s: int = SESSION_EXPIRY_S, ca_file: str | None = None,
         username: str | None = None, password: str | None = None,
@@ -145,7 +149,7 @@ class Receiver:
         self._ingest = Ingest(
             prefix, publish=self._session.publish, ack=self._session.ack,
             command=self.send_command, clock=self._clock,
-            hooks=Hooks(on_alert, on_status, on_stats, on_media, on_result),
+            hooks=Hooks(on_alert, on_status, on_stats, on_media, on_result, on_event),
             include_keep=include_keep, dedupe_size=dedupe_size, receipts=receipts, extra=extra,
             media_timeout_s=media_timeout_s, thumb_wait_s=thumb_wait_s)
         self.stats: ReceiverStats = self._ingest.stats

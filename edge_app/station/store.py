@@ -13,8 +13,16 @@ itself.
 
 Layout under the store folder::
 
-    ranger.db                                 events (unit, id, seq, outcome, json), media
+    ranger.db                                 events (unit, id, seq, outcome, json), media,
+                                              sightings (which link brought an event, when),
+                                              units (last status and stats of each unit)
     media/<unit>/<media_id>.jpg               reassembled, sha256-checked media files
+
+One alert, every link (ARCHITECTURE §10): an alert first seen as an 11-byte LoRa uplink is
+stored as an event at once (``source: lorawan`` in its JSON, no media); when the MQTT event of
+the same (unit, id) arrives with its detections and photo, it replaces the JSON in place — never
+a second row — and ``sightings`` keeps one row per link with the time it first came that way.
+An MQTT event is never replaced by a later LoRa copy.
 
 Same durability settings as the trap (WAL, ``synchronous=FULL``); media files are written
 atomically (temp file, fsync, rename, fsync of the folder) before their row. A store written
@@ -35,7 +43,8 @@ from edge_app.core.errors import StorageError
 from edge_app.core.files import atomic_write
 
 DB_NAME = "ranger.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+LINKS = ("mqtt", "lorawan")
 
 EventKey = tuple[str, str]
 """(unit, event id): what identifies an event at the station."""
@@ -59,6 +68,21 @@ _MEDIA = """CREATE TABLE IF NOT EXISTS media (
         sha256   TEXT NOT NULL,
         received REAL NOT NULL,
         PRIMARY KEY (unit, id)
+    )"""
+_SIGHTINGS = """CREATE TABLE IF NOT EXISTS sightings (
+        unit     TEXT NOT NULL,
+        id       TEXT NOT NULL,
+        link     TEXT NOT NULL,            -- 'mqtt' or 'lorawan'
+        received REAL NOT NULL,            -- when it first came over this link
+        PRIMARY KEY (unit, id, link)
+    )"""
+_UNITS = """CREATE TABLE IF NOT EXISTS units (
+        unit      TEXT PRIMARY KEY,
+        state     TEXT,                    -- last status: online / offline / lost
+        state_at  REAL,                    -- when that status arrived (station clock)
+        last_seen REAL NOT NULL,           -- last message of any kind from the unit
+        stats     TEXT,                    -- last stats JSON, as it passed the door
+        stats_at  REAL
     )"""
 _COLUMNS = {"events": "id, unit, seq, outcome, received, copies, json",
             "media": "id, unit, event_id, path, bytes, sha256, received"}
@@ -108,7 +132,7 @@ class RangerStore:
             return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            for table, ddl in (("events", _EVENTS), ("media", _MEDIA)):
+            for table, ddl in (("events", _EVENTS), ("media", _MEDIA)) if version == 0 else ():
                 old = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
                                          "AND name = ?", (table,)).fetchone()
                 if old is None:
@@ -120,6 +144,10 @@ class RangerStore:
                 self._conn.execute(f"INSERT OR IGNORE INTO {table} ({cols}) "  # noqa: S608
                                    f"SELECT {cols} FROM {table}_v0")  # fixed names only
                 self._conn.execute(f"DROP TABLE {table}_v0")
+            self._conn.execute(_SIGHTINGS)  # version 2: links and units
+            self._conn.execute(_UNITS)
+            self._conn.execute("INSERT OR IGNORE INTO sightings (unit, id, link, received) "
+                               "SELECT unit, id, 'mqtt', received FROM events")
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             self._conn.execute("ROLLBACK")
@@ -129,25 +157,39 @@ class RangerStore:
     def close(self) -> None:
         self._conn.close()
 
-    def add_events(self, events: Iterable[StoredEvent], now: float) -> set[EventKey]:
+    def add_events(self, events: Iterable[StoredEvent], now: float,
+                   link: str = "mqtt") -> set[EventKey]:
         """Store events (one transaction, one fsync); returns the (unit, id) keys that were new.
+
+        ``link`` is the way they came. An MQTT event replaces a LoRa one of the same key (it
+        has the detections and the media); the key is then not new (the alert was shown when
+        the LoRa uplink came) but the event is stored, so it may be receipted.
 
         Raises:
             StorageError: the write failed; nothing was stored.
         """
+        if link not in LINKS:
+            raise ValueError(f"link must be one of {LINKS}")
         new: set[EventKey] = set()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 for ev in events:
+                    body = json.dumps(ev.event, separators=(",", ":"), ensure_ascii=False)
                     copies = self._conn.execute(
                         "INSERT INTO events (id, unit, seq, outcome, received, json) "
                         "VALUES (?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (unit, id) DO UPDATE SET copies = copies + 1 "
+                        "ON CONFLICT (unit, id) DO UPDATE SET copies = copies + 1, "
+                        "json = CASE WHEN ?7 = 'mqtt' AND json_extract(json, '$.source') = "
+                        "'lorawan' THEN excluded.json ELSE json END, "
+                        "outcome = CASE WHEN ?7 = 'mqtt' AND json_extract(json, '$.source') = "
+                        "'lorawan' THEN excluded.outcome ELSE outcome END "
                         "RETURNING copies",
-                        (ev.id, ev.unit, ev.event.get("seq"), ev.outcome, now,
-                         json.dumps(ev.event, separators=(",", ":"), ensure_ascii=False)),
+                        (ev.id, ev.unit, ev.event.get("seq"), ev.outcome, now, body, link),
                     ).fetchone()[0]
+                    self._conn.execute(
+                        "INSERT OR IGNORE INTO sightings (unit, id, link, received) "
+                        "VALUES (?, ?, ?, ?)", (ev.unit, ev.id, link, now))
                     if copies == 1:
                         new.add(ev.key)
             except BaseException:
@@ -157,6 +199,49 @@ class RangerStore:
         except sqlite3.Error as e:
             raise StorageError(f"cannot store events in {self.folder}: {e}") from e
         return new
+
+    def links(self, unit: str, event_id: str) -> dict[str, float]:
+        """The links an event came over, with when it first came over each."""
+        rows = self._conn.execute("SELECT link, received FROM sightings WHERE unit = ? AND "
+                                  "id = ? ORDER BY received", (unit, event_id))
+        return {str(r[0]): float(r[1]) for r in rows}
+
+    def event(self, unit: str, event_id: str) -> dict[str, Any] | None:
+        """The stored event JSON of (unit, id), None if there is none."""
+        r = self._conn.execute("SELECT json FROM events WHERE unit = ? AND id = ?",
+                               (unit, event_id)).fetchone()
+        return None if r is None else dict(json.loads(r[0]))
+
+    def update_unit(self, unit: str, now: float, *, state: str | None = None,
+                    stats: dict[str, Any] | None = None) -> None:
+        """A message from ``unit`` arrived: its last-seen time, and its status or stats.
+
+        Raises:
+            StorageError: the write failed (the fleet view is then a message behind).
+        """
+        try:
+            self._conn.execute(
+                "INSERT INTO units (unit, state, state_at, last_seen, stats, stats_at) "
+                "VALUES (?1, ?2, CASE WHEN ?2 IS NULL THEN NULL ELSE ?3 END, ?3, ?4, "
+                "CASE WHEN ?4 IS NULL THEN NULL ELSE ?3 END) "
+                "ON CONFLICT (unit) DO UPDATE SET last_seen = MAX(last_seen, ?3), "
+                "state = COALESCE(?2, state), "
+                "state_at = CASE WHEN ?2 IS NULL THEN state_at ELSE ?3 END, "
+                "stats = COALESCE(?4, stats), "
+                "stats_at = CASE WHEN ?4 IS NULL THEN stats_at ELSE ?3 END",
+                (unit, state, now, None if stats is None else json.dumps(
+                    stats, separators=(",", ":"), ensure_ascii=False)))
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot record unit {unit}: {e}") from e
+
+    def unit(self, unit: str) -> dict[str, Any] | None:
+        """The fleet row of ``unit`` (stats parsed), None if it was never heard."""
+        r = self._conn.execute("SELECT state, state_at, last_seen, stats, stats_at FROM units "
+                               "WHERE unit = ?", (unit,)).fetchone()
+        if r is None:
+            return None
+        return {"unit": unit, "state": r[0], "state_at": r[1], "last_seen": r[2],
+                "stats": None if r[3] is None else json.loads(r[3]), "stats_at": r[4]}
 
     def event_count(self, unit: str | None = None) -> int:
         """Events stored (of ``unit`` only, when given)."""

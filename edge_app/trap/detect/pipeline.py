@@ -8,12 +8,13 @@ night and half-hidden cats (the cameratrapai ocelot), and a trap that drops a le
 than no filter. For a burst (:meth:`Pipeline.analyse_burst`) an optional motion gate first
 compares each frame with the pre-trigger frame and skips inference where nothing changed.
 
-Site adaptation (issue 6): when a site head (``detector.head``) or the self-learned background
-is on, the frame is also embedded once (:mod:`edge_app.trap.detect.embed`), on the frame already
-decoded for the detector and, when the classifier looked at the whole frame, on the very same
-224×224 pixels; the head's P(empty) and the background's similarity are computed from that one
-vector and recorded in the result, and the embedding itself is kept for the daemon to learn
-from. The pipeline only records these votes: combining them is the policy's job
+Site adaptation (issue 6): when a site head (``detector.head``, else the one the active signed
+pack ships: :func:`pack_head`) or the self-learned background is on, the frame is also embedded
+once (:mod:`edge_app.trap.detect.embed`), on the frame already decoded for the detector and,
+when the classifier looked at the whole frame, on the very same 224×224 pixels; the head's
+P(empty) and the background's similarity are computed from that one vector and recorded in
+the result, and the embedding itself is kept for the daemon to learn from. The pipeline only
+records these votes: combining them is the policy's job
 (:func:`edge_app.trap.detect.policy.decide`).
 
 Thresholds are per camtrap category and species (``[detector.thresholds]``): the decoder keeps
@@ -56,6 +57,8 @@ from edge_app.core.events import (
 from edge_app.core.models_dir import resolve_models_dir as resolve_models_dir
 from edge_app.trap.detect import decoders
 from edge_app.trap.detect.cards import (
+    ACTIVE_PACK,
+    PACK_MANIFEST,
     ClassMap,
     ModelCard,
     file_in,
@@ -74,6 +77,7 @@ from edge_app.trap.detect.preprocess import (
 )
 from edge_app.trap.detect.runtime import TensorInfo, TfliteModel
 from edge_app.trap.detect.site_head import SiteHead, load_head
+from edge_app.trap.packs.manifest import MAX_MANIFEST_BYTES, parse_manifest
 
 if TYPE_CHECKING:
     from edge_app.trap.detect.background import BackgroundMemory
@@ -408,9 +412,10 @@ class Pipeline:
         self.head: SiteHead | None = None
         self.background = background
         """The self-learned background; the daemon sets it once the embedder is known."""
-        if cfg.head or embed or background is not None:
+        shipped = "" if cfg.head else pack_head(models_dir)
+        if cfg.head or shipped or embed or background is not None:
             try:
-                self._load_embedding(cfg, models_dir)
+                self._load_embedding(cfg, models_dir, shipped)
             except ModelError:
                 self.close()
                 raise
@@ -432,15 +437,18 @@ class Pipeline:
         self.thresholds = Thresholds.resolve(cfg, self._det.classes)
         self.cfg = cfg
 
-    def _load_embedding(self, cfg: DetectorConfig, models_dir: Path) -> None:
+    def _load_embedding(self, cfg: DetectorConfig, models_dir: Path, shipped: str) -> None:
+        """The embedder, and the head: ``detector.head``, else ``shipped`` (the active pack's)."""
         if not cfg.embedder:
             raise ModelError("detector.embedder", "the site head and the background need an "
                              "embedding model card")
         self._embedder = Embedder(cfg.embedder, models_dir, cfg.num_threads)
-        if cfg.head:
-            self.head = load_head(head_path(cfg.head, models_dir), self._embedder.sha256,
-                                  self._embedder.dims)
-            log.info("site head %s: threshold %.3f (%s)", self.head.path,
+        if cfg.head or shipped:
+            path = (head_path(cfg.head, models_dir) if cfg.head
+                    else models_dir / ACTIVE_PACK / shipped)
+            self.head = load_head(path, self._embedder.sha256, self._embedder.dims)
+            log.info("site head %s%s: threshold %.3f (%s)", self.head.path,
+                     "" if cfg.head else " (shipped in the active model pack)",
                      self.head_threshold, "config" if cfg.head_threshold else "head file")
 
     @property
@@ -698,3 +706,31 @@ def head_path(value: str, models_dir: Path) -> Path:
     signature and hashes vouch for)."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else file_in(models_dir, value)
+
+
+def pack_head(models_dir: Path) -> str:
+    """The site head file the *installed* active pack ships (``<models>/current``), '' if none.
+
+    Why a pack's head is used without a config change: the station's review loop trains a
+    head on the frames rangers labelled and sends it to the unit in a signed pack; installing
+    it must be enough for the unit's next verdicts to use it (a remote config change would be
+    a second, separately failing step). ``detector.head`` still wins when set, and a pack
+    without a head changes nothing. Only an installed pack counts, not a folder that *is* a
+    pack: the installer's self-test and ``models pack`` run the pipeline on a staged pack,
+    whose record is the detector's and classifier's verdicts alone.
+
+    The manifest was verified at install; it is still parsed with limits here.
+
+    Raises:
+        ModelError: the active pack's manifest is unreadable or malformed (a broken pack:
+            on trial, the daemon's start then rolls it back).
+    """
+    path = models_dir / ACTIVE_PACK / PACK_MANIFEST
+    if not path.is_file():
+        return ""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise ModelError(str(path), f"cannot read the active pack's manifest: {e.strerror}") from e
+    return parse_manifest(raw).head

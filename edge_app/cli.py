@@ -257,6 +257,8 @@ AREA_COMMANDS: list[tuple[str, str, str]] = [
     ("doctor", "edge_app.trap.doctor.command", "self-test of a unit: pass / warn / fail per "
      "part (config, models, camera, PIR, MCU, modem, broker, clock, disk, outbox), each with "
      "a fix"),
+    ("station", "edge_app.station.command", "the base station: store every unit's events and "
+     "media, the rangers' page, notifications (run / check / adduser)"),
     ("walktest", "edge_app.trap.walktest", "aim the camera: each PIR trigger blinks an LED, "
      "prints what the detector saw and saves a thumbnail for a phone"),
 ]

@@ -23,8 +23,9 @@ import pytest
 from edge_app import cli
 from edge_app.core import config
 from edge_app.core.errors import ConfigError
+from edge_app.core.fleet import read_fleet
 from edge_app.tools import provision
-from edge_app.tools.provision_fleet import read_fleet, render_config
+from edge_app.tools.provision_fleet import render_config
 from edge_app.trap.uplink.lorawan import load_secrets
 
 REPO = Path(__file__).resolve().parents[1]

@@ -173,3 +173,33 @@ def test_any_batch_is_handled_every_message_acknowledged_receipts_to_own_unit(
     for a in h.alerts:
         assert a["id"] == f"{a['unit']}-{a['seq']}"
     assert h.ingest.stats.malformed == h.ingest.refusals.total
+
+
+def test_with_a_store_a_lora_alert_is_stored_then_completed_by_its_mqtt_event(
+        tmp_path: Path) -> None:
+    """ARCHITECTURE §10: shown once, from the first link; the MQTT event completes it in place
+    (and is receipted); the page hears of both; the fleet row records the unit."""
+    lora = {**event("A-1", 5), "source": "lorawan", "media": []}
+    calls: list[tuple[str, str, str, bool]] = []
+    h = Harness(tmp_path / "store", extra=[("lns/#", lambda _t, _p: dict(lora))])
+    h.ingest.hooks.on_event = lambda *a: calls.append(a)
+    h.ingest.handle([h.msg("lns/up", b"{}")])
+    h.clock.advance(60)
+    h.ingest.handle([h.msg("camtrap/A-1/event", event("A-1", 5, label="leopard")),
+                     h.msg("camtrap/A-1/status", {"state": "online",
+                                                   "ts": "2026-09-21T10:15:00+00:00"})])
+    h.ingest.handle([h.msg("lns/up", b"{}")])  # the LoRa copy again: nothing changes
+    assert [a["id"] for a in h.alerts] == ["A-1-5"]  # shown once, from LoRa
+    assert h.alerts[0]["source"] == "lorawan"
+    assert calls == [("A-1", "A-1-5", "lorawan", True), ("A-1", "A-1-5", "mqtt", False),
+                     ("A-1", "A-1-5", "lorawan", False)]
+    store = h.ingest.store
+    assert store is not None
+    stored = store.event("A-1", "A-1-5")
+    assert stored is not None
+    assert (stored["label"], stored.get("source")) == ("leopard", None)
+    assert set(store.links("A-1", "A-1-5")) == {"lorawan", "mqtt"}
+    assert h.receipts("A-1") == ["A-1-5"]
+    unit = store.unit("A-1")
+    assert unit is not None
+    assert unit["state"] == "online"

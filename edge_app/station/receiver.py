@@ -24,6 +24,16 @@ keeps the event queued until then. Stored means written to the store's SQLite fi
 (``store_dir``) or, without a store, handed to the hook. Messages are acknowledged to the broker
 (manual PUBACK) only after that, so a receiver killed mid-batch gets them again.
 
+Several workers (``shared_group``): events, status, stats, command results and LoRaWAN uplinks
+are taken through MQTT 5 shared subscriptions (``$share/<group>/...``), so the broker hands each
+message to one worker of the group and a cluster (EMQX, VerneMQ) spreads them over several
+machines; the workers share one store folder, whose (unit, id) key makes every event stored
+once whichever worker got it. Media chunks are the exception: a file's chunks must meet in one
+assembler, so every worker subscribes to all media without sharing and assembles it — the
+writes are atomic and identical, so the second is a no-op in effect, and a worker that dies
+loses no file. Each worker needs its own account (the shipped broker ties the client id to the
+user name).
+
 Media (with a store only): chunks on ``<prefix>/<unit>/media/<media_id>/<chunk>`` are
 reassembled, checked against the ``sha256`` user property and written to
 ``<store>/media/<unit>/<media_id>.jpg``; stalled or never-started transfers are asked for again
@@ -42,6 +52,7 @@ import getpass
 import json
 import logging
 import queue
+import re
 import socket
 import threading
 import uuid
@@ -82,6 +93,9 @@ SESSION_EXPIRY_S = 7 * 86400
 BATCH = 200
 
 
+_GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
 def default_client_id() -> str:
     """A stable id per host and user, so the broker keeps this receiver's session."""
     try:
@@ -119,7 +133,10 @@ class Receiver:
         media_timeout_s: a stalled transfer's missing chunks are requested after this long.
         thumb_wait_s: an announced thumbnail not started after this long is requested.
         extra: (topic filter, decoder) pairs of other alert sources (LoRaWAN network
-            servers): shown once per (unit, low 16 bits of seq), not stored or receipted.
+            servers): shown once per (unit, id); with a store, stored and completed in place
+            by the MQTT event (never receipted: a LoRa uplink has no redelivery).
+        shared_group: take events, status, stats, results and LoRa uplinks through the MQTT 5
+            shared subscription ``$share/<group>/...`` (several workers, one store).
         clock: time for the media timers, store timestamps and reconnect waits.
     """
 
@@ -135,7 +152,11 @@ class Receiver:
         store_dir: str | Path | None = None, receipts: bool = True,
         media_timeout_s: float = MEDIA_TIMEOUT_S, thumb_wait_s: float = THUMB_WAIT_S,
         extra: Sequence[tuple[str, ExtraDecoder]] = (), clock: Clock | None = None,
+        shared_group: str = "",
     ) -> None:
+        if shared_group and not _GROUP_RE.match(shared_group):
+            raise ValueError("shared_group must be 1-64 letters, digits, - or _")
+        self.shared_group = shared_group
         self.host, self.port, self.prefix = host, port, prefix
         self.client_id = client_id or default_client_id()
         self._clock: Clock = clock or SystemClock()
@@ -247,16 +268,20 @@ class Receiver:
 
     def _subscriptions(self) -> Subscriptions:
         p = self.prefix
+        share = f"$share/{self.shared_group}/" if self.shared_group else ""
         subs: Subscriptions = [
-            (f"{p}/+/event", SubscribeOptions(qos=1)),
-            (f"{p}/+/status", SubscribeOptions(qos=1)),
-            (f"{p}/+/stats", SubscribeOptions(qos=1)),
-            # No Local: our own commands to the traps live under the same prefix.
-            (f"{p}/+/cmd/#", SubscribeOptions(qos=1, noLocal=True)),
+            (f"{share}{p}/+/event", SubscribeOptions(qos=1)),
+            (f"{share}{p}/+/status", SubscribeOptions(qos=1)),
+            (f"{share}{p}/+/stats", SubscribeOptions(qos=1)),
+            # No Local: our own commands to the traps live under the same prefix. (MQTT 5
+            # forbids No Local on a shared subscription: there our own commands are told
+            # apart by the door, which passes only results.)
+            (f"{share}{p}/+/cmd/#", SubscribeOptions(qos=1, noLocal=not share)),
         ]
-        if self._store_dir is not None:
+        if self._store_dir is not None:  # never shared: see the module docstring
             subs.append((f"{p}/+/media/#", SubscribeOptions(qos=1)))
-        return subs + [(f, SubscribeOptions(qos=1)) for f, _decode in self._ingest.extra]
+        return subs + [(f"{share}{f}", SubscribeOptions(qos=1))
+                       for f, _decode in self._ingest.extra]
 
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         user = getattr(msg.properties, "UserProperty", None) if msg.properties else None

@@ -37,14 +37,10 @@ from typing import Any
 
 from edge_app.core import config
 from edge_app.core.errors import ConfigError
+from edge_app.core.fleet import FleetRow, read_fleet
 from edge_app.core.guard import Limits, Refused, parse_object
 from edge_app.tools.bootcard import BootCard, open_card
-from edge_app.tools.provision_fleet import (
-    FleetRow,
-    read_fleet,
-    render_config,
-    render_lorawan_secrets,
-)
+from edge_app.tools.provision_fleet import render_config, render_lorawan_secrets
 
 CARD_DIR = "camtrap"
 MARKER = f"{CARD_DIR}/unit.json"

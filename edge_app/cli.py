@@ -113,7 +113,8 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
     opts = AlertsOptions(ca_file=args.ca_file, username=args.username,
                          password_file=args.password_file, store_dir=args.store,
                          receipts=not args.no_receipts, include_keep=args.keep,
-                         lorawan=not args.no_lorawan, lorawan_devices=args.lorawan_devices)
+                         lorawan=not args.no_lorawan, lorawan_devices=args.lorawan_devices,
+                         tz=args.tz, fleet_file=args.fleet)
     return run_alerts(args.broker, args.json, sys.stdout, prefix=args.prefix,
                       client_id=args.client_id, options=opts)
 
@@ -194,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "of other devices are counted as unknown, never shown as a unit)")
     a.add_argument("--no-lorawan", action="store_true",
                    help="do not subscribe to ChirpStack/TTN uplinks")
+    a.add_argument("--tz", default="local", metavar="ZONE",
+                   help="show times in ZONE (default: this machine's; e.g. Asia/Vladivostok, "
+                   "UTC)")
+    a.add_argument("--fleet", metavar="CSV",
+                   help="the fleet file: site names next to unit ids")
     a.set_defaults(func=_cmd_alerts, quiet=True)
 
     o = sub.add_parser("outbox", help="inspect the durable outbox")

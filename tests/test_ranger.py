@@ -148,3 +148,45 @@ def test_a_receiver_with_a_store_remembers_across_restarts_and_confirms_again(
         assert store.duplicates() == 1
     finally:
         store.close()
+
+
+def test_alerts_in_local_time_with_the_site_and_the_stored_picture(
+        tmp_path: Path, broker: Broker) -> None:
+    """Issue 12 item 5: the park is UTC+10 and its rangers read local time and place names;
+    with --store the alert's picture path follows once the thumbnail has arrived."""
+    first = Receiver("127.0.0.1", broker.port, client_id="ranger-tz")
+    first.start()
+    assert first.wait_connected(10)
+    first.stop()
+    fleet = tmp_path / "fleet.csv"
+    fleet.write_text("unit_id,site_name,lat,lon,deployment_id,broker_host\n"
+                     "T-1,Kedrovaya 3,43.1,131.9,T-1-2026,base.example\n")
+    out = io.StringIO()
+    stop = threading.Event()
+    rc: list[int] = []
+    opts = AlertsOptions(tz="Asia/Vladivostok", fleet_file=str(fleet),
+                         store_dir=str(tmp_path / "station"))
+    t = threading.Thread(target=lambda: rc.append(
+        run_alerts(broker.address, False, out, stop, client_id="ranger-tz", options=opts)))
+    t.start()
+    cfg = make_cfg(tmp_path / "data", broker.port)
+    with EventStore(cfg) as store:
+        link = MqttLink(cfg, store.db_path)
+        store.notify = link.wake
+        link_stop = threading.Event()
+        lt = threading.Thread(target=link.run, args=(link_stop,))
+        lt.start()
+        try:
+            store.record(*burst_and_verdict("alert", "animal", "leopard", 0.9))
+            wait_for(lambda: "picture:" in out.getvalue(), what="the picture line")
+        finally:
+            link_stop.set()
+            link.wake()
+            lt.join(10)
+            stop.set()
+            t.join(10)
+    assert rc == [0]
+    alert, picture = out.getvalue().splitlines()[:2]
+    assert " +10  T-1 Kedrovaya 3  animal leopard " in alert
+    assert picture.startswith("  T-1-1 picture: ")
+    assert Path(picture.split("picture: ")[1]).is_file()

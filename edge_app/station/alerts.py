@@ -15,7 +15,10 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from edge_app.core.errors import ConfigError, StorageError
 from edge_app.station.display import format_alert, parse_broker
@@ -39,6 +42,9 @@ class AlertsOptions:
         lorawan: also show alerts from ChirpStack v4 / TTN v3 uplinks (edge_app.station.lorawan).
         lorawan_devices: TOML file mapping DevEUI → unit: the fleet's devices. Uplinks of any
             other device are counted as unknown, never shown as a unit.
+        tz: the time zone alert times are shown in (``local``: this machine's; ``UTC``;
+            ``Asia/Vladivostok``; …).
+        fleet_file: the fleet file (``camtrap provision``'s): site names next to unit ids.
     """
 
     ca_file: str | None = None
@@ -49,6 +55,24 @@ class AlertsOptions:
     include_keep: bool = False
     lorawan: bool = True
     lorawan_devices: str | None = None
+    tz: str = "local"
+    fleet_file: str | None = None
+
+
+def _zone(name: str) -> tzinfo:
+    """``--tz``: a zone name, or ``local`` for this machine's zone.
+
+    Raises:
+        ConfigError: an unknown zone.
+    """
+    if name == "local":
+        local = datetime.now().astimezone().tzinfo
+        return local if local is not None else UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("--tz", f"unknown time zone {name[:60]!r} (e.g. Asia/Vladivostok, "
+                          "UTC, local)") from None
 
 
 def run_alerts(
@@ -103,21 +127,39 @@ def run_alerts(
             if not decoder.devices:
                 say("no --lorawan-devices: LoRaWAN uplinks will be counted as unknown "
                     "devices, not shown")
+        tz = _zone(opts.tz)
+        sites: dict[str, str] = {}
+        if opts.fleet_file:
+            from edge_app.core.fleet import read_fleet
+
+            sites = {u: r.site_name for u, r in read_fleet(Path(opts.fleet_file)).items()}
     except ConfigError as e:
         say(str(e))
         return 2
+    shown: set[str] = set()
 
     def on_alert(event: dict[str, Any]) -> None:
         line = (json.dumps(event, separators=(",", ":"), ensure_ascii=False) if as_json
-                else format_alert(event))
+                else format_alert(event, tz=tz, site=sites.get(str(event.get("unit")))))
         with lock:
+            shown.add(str(event.get("id")))
             out.write(line + "\n")
+            out.flush()
+
+    def on_media(unit: str, media_id: str, path: Path) -> None:
+        """The picture of an alert shown above, once it is stored (--store)."""
+        event_id = media_id.rsplit("-", 1)[0]
+        if as_json or event_id not in shown:
+            return
+        with lock:
+            out.write(f"  {event_id} picture: {path}\n")
             out.flush()
 
     def on_note(note: LinkNote) -> None:
         say(str(note))
 
     receiver = Receiver(host, port, prefix, client_id, on_alert, on_note=on_note,
+                        on_media=on_media,
                         ca_file=opts.ca_file, username=opts.username, password=password,
                         store_dir=opts.store_dir, receipts=opts.receipts,
                         include_keep=opts.include_keep, extra=extra)

@@ -240,6 +240,8 @@ BENCHES: list[tuple[str, str, str]] = [
     ("motion", "edge_app.tools.bench_motion", "what the motion gate saves on real bursts"),
     ("outbox", "edge_app.tools.bench_outbox", "durable enqueue, drain with receipts, 10k backlog "
      "(starts its own mosquitto)"),
+    ("station", "edge_app.tools.bench_station", "events with thumbnails ingested per second by "
+     "camtrap station (starts its own mosquitto), and stored → open page latency"),
     ("lorawan", "edge_app.tools.bench_lorawan", "LoRaWAN alert size, airtime and alerts/hour "
      "per SF, emulated end-to-end latency (starts its own mosquitto)"),
 ]

@@ -7,6 +7,8 @@ itself survives. Temp files a crash left behind start with :data:`TEMP_PREFIX`.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import uuid
 from pathlib import Path
@@ -70,3 +72,48 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(final.parent)
+
+
+def write_unsynced(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp name and rename it to ``path``, *without* any fsync.
+
+    For writers that make many files durable at once with :func:`sync_filesystem` (one flush
+    per batch instead of two per file): until that call, a power cut may lose the file, never
+    leave half of it under its final name (the rename comes after the whole write).
+    """
+    ensure_dir(path.parent)
+    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush every dirty file and directory entry of the file system holding ``path``.
+
+    Linux ``syncfs(2)`` (one call, that file system only); elsewhere ``os.sync()``.
+
+    Raises:
+        OSError: the flush failed (an I/O error: the data is not known to be on disk).
+    """
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    syncfs = getattr(_libc, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)

@@ -42,9 +42,11 @@ class PrivateBroker:
         workdir: where its config (and persistence file) go.
         persistent: keep sessions and queued messages on disk, saved on every change, so a
             broker killed with -9 and restarted behaves like a base station's (tests use it).
+        extra: more config lines (e.g. the base station's queue limits).
     """
 
-    def __init__(self, exe: str, workdir: Path, persistent: bool = False) -> None:
+    def __init__(self, exe: str, workdir: Path, persistent: bool = False,
+                 extra: tuple[str, ...] = ()) -> None:
         self.exe = exe
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
@@ -56,6 +58,7 @@ class PrivateBroker:
                       "autosave_interval 1", "autosave_on_changes true"]
         else:
             lines.append("persistence false")
+        lines += extra
         self.conf.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen[bytes] | None = None
 

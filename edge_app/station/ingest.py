@@ -33,7 +33,7 @@ from edge_app.station.doors import (
     parse_status,
 )
 from edge_app.station.media import MEDIA_TIMEOUT_S, THUMB_WAIT_S, MediaAssembler, MediaRequest
-from edge_app.station.store import RangerStore, StoredEvent
+from edge_app.station.store import MediaFile, RangerStore, StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class Ingest:
         self.refusals = Refusals("receiver", clock)
         self.store: RangerStore | None = None
         self.media: MediaAssembler | None = None
+        self._media_done: list[MediaFile] = []
 
     def open(self, store_dir: Path) -> None:
         """Persist events and media under ``store_dir`` from now on.
@@ -184,6 +185,7 @@ class Ingest:
         stored = self._handle_events(events)
         for m, unit, rest in others:
             self._handle_other(m, unit, rest)
+        self._store_media()  # before the PUBACKs: a chunk is acknowledged once its file is
         for m in batch:  # MQTT wants PUBACKs in the order the messages came
             if stored or id(m) not in event_msgs:  # unstored events: redelivered after reconnect
                 self._ack(m.mid, m.qos)
@@ -218,9 +220,7 @@ class Ingest:
         if self.store is not None:
             now = self._clock.wall()
             try:
-                new = self.store.add_events(events, now)
-                for unit in {ev.unit for ev in events}:
-                    self.store.update_unit(unit, now)
+                new = self.store.add_events(events, now)  # the units' last-seen included
             except StorageError as e:
                 self.stats.store_errors += 1
                 logger.error("receiver: %s", e)
@@ -338,16 +338,23 @@ class Ingest:
             self.stats.media_bad += 1
             self._request(outcome.request)
         f = outcome.file
-        if f is None:
+        if f is not None:
+            self._media_done.append(MediaFile(f.unit, f.media_id, f.event_id, f.data,
+                                              f.sha256))
+
+    def _store_media(self) -> None:
+        """The batch's finished media files, with one flush (RangerStore.add_media_files)."""
+        done, self._media_done = self._media_done, []
+        if not done or self.store is None:
             return
         try:
-            path = self.store.add_media(f.unit, f.media_id, f.event_id, f.data, f.sha256,
-                                        self._clock.wall())
-        except StorageError as e:
+            paths = self.store.add_media_files(done, self._clock.wall())
+        except StorageError as e:  # an announced thumbnail is asked for again by its timer
             logger.error("receiver: %s", e)
             return
-        self.stats.media_stored += 1
-        self._call(self.hooks.on_media, f.unit, f.media_id, path)
+        for f, path in zip(done, paths, strict=True):
+            self.stats.media_stored += 1
+            self._call(self.hooks.on_media, f.unit, f.media_id, path)
 
     def _request(self, req: MediaRequest) -> None:
         self._command(req.unit, "media/request", req.body())

@@ -91,6 +91,8 @@ logger = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 7 * 86400
 BATCH = 200
+GATHER_S = 0.01
+"""How long a busy worker waits for more of a burst before it writes (group commit)."""
 
 
 _GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -318,11 +320,21 @@ class Receiver:
             if first is None:
                 return batch, True
             batch.append(first)
+        gather_until = self._clock.monotonic() + GATHER_S
         while len(batch) < BATCH:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                break
+                # Group commit: while messages are flowing (more than one was waiting), wait a
+                # few ms for the rest of the burst, so one flush covers many messages. A lone
+                # alert is handled at once.
+                left = gather_until - self._clock.monotonic()
+                if len(batch) < 2 or left <= 0:
+                    break
+                try:
+                    item = self._inbox.get(timeout=left)
+                except queue.Empty:
+                    break
             if item is None:
                 return batch, True
             batch.append(item)

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.core.errors import StorageError
-from edge_app.core.files import atomic_write
+from edge_app.core.files import atomic_write, sync_filesystem, write_unsynced
 
 DB_NAME = "ranger.db"
 SCHEMA_VERSION = 2
@@ -101,6 +101,17 @@ class StoredEvent:
     def key(self) -> EventKey:
         """(unit, id): the dedupe key."""
         return self.unit, self.id
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFile:
+    """A reassembled, sha256-checked media file waiting to be stored."""
+
+    unit: str
+    media_id: str
+    event_id: str | None
+    data: bytes
+    sha256: str
 
 
 class RangerStore:
@@ -192,6 +203,8 @@ class RangerStore:
                         "VALUES (?, ?, ?, ?)", (ev.unit, ev.id, link, now))
                     if copies == 1:
                         new.add(ev.key)
+                for unit in {ev.unit for ev in events}:  # the fleet's last-seen, same commit
+                    self._unit_seen(unit, now)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -211,6 +224,11 @@ class RangerStore:
         r = self._conn.execute("SELECT json FROM events WHERE unit = ? AND id = ?",
                                (unit, event_id)).fetchone()
         return None if r is None else dict(json.loads(r[0]))
+
+    def _unit_seen(self, unit: str, now: float) -> None:
+        self._conn.execute(
+            "INSERT INTO units (unit, last_seen) VALUES (?1, ?2) ON CONFLICT (unit) "
+            "DO UPDATE SET last_seen = MAX(last_seen, ?2)", (unit, now))
 
     def update_unit(self, unit: str, now: float, *, state: str | None = None,
                     stats: dict[str, Any] | None = None) -> None:
@@ -274,6 +292,40 @@ class RangerStore:
 
     def media_path(self, unit: str, media_id: str) -> Path:
         return self.folder / "media" / unit / f"{media_id}.jpg"
+
+    def add_media_files(self, files: list[MediaFile], now: float) -> list[Path]:
+        """Write reassembled media files and their rows, durably, with one flush for all.
+
+        Why not :meth:`add_media` per file: two fsyncs per file (the file, its folder) held a
+        station to ~230 thumbnails a second on an SSD; here the files are written and renamed,
+        the file system is flushed once (``syncfs``), and the rows go in one transaction — the
+        row still never exists before its file is on disk.
+
+        Raises:
+            StorageError: a file, the flush or the rows could not be written; no row was
+                added (files already renamed are harmless: a later copy replaces them).
+        """
+        paths = [self.media_path(f.unit, f.media_id) for f in files]
+        try:
+            for f, path in zip(files, paths, strict=True):
+                write_unsynced(path, f.data)
+            if files:
+                sync_filesystem(self.folder)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for f, path in zip(files, paths, strict=True):
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO media (id, unit, event_id, path, bytes, sha256, "
+                        "received) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (f.media_id, f.unit, f.event_id, str(path.relative_to(self.folder)),
+                         len(f.data), f.sha256, now))
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except (OSError, sqlite3.Error) as e:
+            raise StorageError(f"cannot store {len(files)} media file(s): {e}") from e
+        return paths
 
     def add_media(
         self, unit: str, media_id: str, event_id: str | None, data: bytes, sha256: str,

@@ -112,6 +112,10 @@ def test_two_workers_store_every_event_once_and_a_killed_one_loses_nothing(
                 p.send_signal(signal.SIGTERM)
         for p in procs.values():
             p.wait(20)
+        for n, f in logs.items():  # shown by pytest only when the test fails
+            print(f"--- {n}.log ---\n" + "\n".join(
+                line for line in f.read_text(errors="replace").splitlines()
+                if " DEBUG " not in line)[-3000:])
     counts = {n: received(logs[n]) for n in logs}
     assert len(counts["w1"]) == 1
     assert counts["w1"][0] > 0

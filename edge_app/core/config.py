@@ -195,8 +195,9 @@ class DetectorConfig:
     embedder: str = _f("mobilenet_v1_embedding_uint8_224",
                        "model card of the frame embedding used by detector.head and "
                        "[background] (computed once per frame, only when one of them is on)")
-    head: str = _f("", "site head file written by 'camtrap models adapt' ('' = none); a "
-                   "relative path is taken from the models folder")
+    head: str = _f("", "site head file written by 'camtrap models adapt' ('' = the head the "
+                   "active signed model pack ships, if any); a relative path is taken from "
+                   "the models folder")
     head_threshold: float = _f(0.0, "the head votes 'empty' at or above this P(empty) (0 = "
                                "the cross-validated threshold stored in the head file)",
                                min=0, max=1)

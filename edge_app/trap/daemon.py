@@ -475,7 +475,9 @@ class App:
             "last_24h": self.store.counts_since(now - 86400.0),
             "models": {"detector": self.cfg.detector.detector,
                        "classifier": self.cfg.detector.classifier or None,
-                       "head": self.cfg.detector.head or None,
+                       "head": (self.pipeline.head.path.name  # the config's or the pack's
+                                if self.pipeline.head is not None
+                                and self.pipeline.head.path is not None else None),
                        "pack": pack_state(self.models_dir)},
             "stages": {"crashes": self.supervisor.crash_counts(),
                        "health": self.supervisor.health.snapshot()},

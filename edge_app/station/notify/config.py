@@ -55,7 +55,8 @@ class QuietHours:
         return minute >= self.start or minute < self.end
 
     def __str__(self) -> str:
-        return f"{self.start // 60:02d}:{self.start % 60:02d}-{self.end // 60:02d}:{self.end % 60:02d}"
+        (a, b), (c, d) = divmod(self.start, 60), divmod(self.end, 60)
+        return f"{a:02d}:{b:02d}-{c:02d}:{d:02d}"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ def test_demo_json_contract(models_dir: Path, cameratrapai_dir: Path) -> None:
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     summary = lines[-1]["summary"]
     assert set(summary) == {"triggers", "frames", "empty", "kept", "alerts_sent",
-                            "alerts_received", "outbox_depth", "latency_ms_p50"}
+                            "alerts_received", "outbox_depth", "latency_ms_p50",
+                            "station_url"}
+    assert summary["station_url"].startswith("http://127.0.0.1:")
     events = lines[:-1]
     assert summary["triggers"] >= 5
     assert summary["alerts_received"] == len(events) == summary["alerts_sent"] >= 4
@@ -58,6 +60,7 @@ def test_demo_without_mosquitto_runs_queue_only(models_dir: Path, cameratrapai_d
     assert "mosquitto not found" in r.stderr
     summary = json.loads(r.stdout.splitlines()[-1])["summary"]
     assert summary["alerts_received"] == summary["alerts_sent"] == 0
+    assert summary["station_url"] is None
     assert summary["kept"] >= 1
     assert summary["outbox_depth"] >= summary["kept"]  # everything kept is still queued
 
@@ -214,3 +217,43 @@ def test_alerts_stops_on_signal_even_when_started_with_sigint_ignored(
             proc.kill()
     reader.join(5)
     assert rc == 0, "".join(log)
+
+
+def test_demo_shows_its_alerts_on_the_station_page(models_dir: Path,
+                                                   cameratrapai_dir: Path) -> None:
+    """Issue 12 item 6: the demo prints the page's address and a login; the alerts the demo's
+    trap raises are on that page while it runs."""
+    import httpx
+
+    proc = subprocess.Popen(
+        [*CAMTRAP, "demo", "--seconds", "40", "--every", "0.7", "--images",
+         str(cameratrapai_dir), "--models", str(models_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        page_line = ""
+        deadline = time.monotonic() + 60
+        while not page_line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "the station's page: " in line:
+                page_line = line
+        assert page_line, "".join(lines)
+        url = page_line.split("the station's page: ")[1].split()[0]
+        user, password = page_line.split("log in as ")[1].split(";")[0].split(" / ")
+        lines.extend(proc.stdout.readline() for _ in range(3))  # the first alerts' lines
+        with httpx.Client(base_url=url, timeout=10) as web:
+            token = web.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+            r = web.post("/login", data={"name": user, "password": password, "csrf": token})
+            assert r.status_code in (200, 303)
+            page = web.get("/")
+            assert page.status_code == 200
+            assert "DEMO-001" in page.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -45,6 +45,7 @@ class Station:
         cfg: the checked ``station.toml``.
         clock: time for the receiver, the page and the notifications.
         listeners: more ``on_event`` listeners (tests).
+        on_alert: called with each new alert event (the demo prints it).
 
     Raises:
         ConfigError: a file the config names is unusable (password, devices, notification
@@ -52,13 +53,15 @@ class Station:
     """
 
     def __init__(self, cfg: StationConfig, clock: Clock | None = None,
-                 listeners: list[EventListener] | None = None) -> None:
+                 listeners: list[EventListener] | None = None,
+                 on_alert: Callable[[dict[str, Any]], None] | None = None) -> None:
         from edge_app.core.mqtt_common import read_password_file
         from edge_app.station.lorawan import lorawan_sources
 
         self.cfg = cfg
         self.clock: Clock = clock or SystemClock()
         self.listeners: list[EventListener] = list(listeners or [])
+        self.on_alert = on_alert
         self.units = fleet_units(cfg)
         self.notifier = _notifier(cfg, self.clock)
         self.pictures = PictureWait()
@@ -106,6 +109,8 @@ class Station:
 
     def _on_alert(self, event: dict[str, Any]) -> None:
         """A new alert (once per unit and id, from whichever link came first)."""
+        if self.on_alert is not None and event.get("outcome") == "alert":
+            self.on_alert(event)
         if self.notifier is None or event.get("outcome") != "alert":
             return
         with self._pictures_lock:

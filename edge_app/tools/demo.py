@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import statistics
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from edge_app.core import config
 from edge_app.core.clock import SystemClock
@@ -85,6 +87,75 @@ def _with_defaults(opts: DemoOptions) -> DemoOptions:
     return opts
 
 
+@dataclass
+class DemoStation:
+    """``camtrap station`` in the demo's process: store, page (on a free loopback port, with a
+    one-off admin account) and the receiver, so a newcomer sees alerts arrive on the page."""
+
+    station: Any
+    server: Any
+    thread: threading.Thread
+    url: str
+    user: str
+    password: str
+
+    @classmethod
+    def start(cls, root: Path, port: int,
+              on_alert: Any) -> DemoStation | None:
+        """None when the station's extra (Starlette, uvicorn, …) is not installed."""
+        try:
+            from edge_app.station import config as station_config
+            from edge_app.station.service import Station
+            from edge_app.station.store import DB_NAME
+            from edge_app.station.web.accounts import add_user
+        except ImportError as e:
+            logger.warning("demo: no station page (%s): pip install 'camtrap[station]'", e)
+            return None
+        from edge_app.sim.broker import free_port
+
+        web_port = free_port()
+        cfg = station_config.parse({
+            "station": {"store": str(root / "station"), "timezone": _local_zone()},
+            "mqtt": {"broker": f"127.0.0.1:{port}", "client_id": f"camtrap-demo-ranger-{port}",
+                     "lorawan": False},
+            "web": {"host": "127.0.0.1", "port": web_port,
+                    "secret_file": str(root / "web-secret")},
+        }, root)
+        station = Station(cfg, on_alert=on_alert)
+        password = secrets.token_urlsafe(9)
+        (root / "station").mkdir(parents=True, exist_ok=True)
+        add_user(root / "station" / DB_NAME, "demo", password, "admin")
+        station.start()
+        server = station.web_server()
+        thread = threading.Thread(target=server.run, name="demo-page", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15.0
+        while not server.started and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.05)
+        if not station.receiver.wait_connected(10):
+            logger.warning("demo: the station did not connect to the broker in 10 s")
+        return cls(station, server, thread, f"http://127.0.0.1:{web_port}/", "demo", password)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.station.stop()
+
+
+def _local_zone() -> str:
+    """This machine's IANA zone (the page shows local time), UTC when it cannot tell."""
+    try:
+        target = str(Path("/etc/localtime").resolve())
+    except OSError:
+        return "UTC"
+    _, sep, zone = target.partition("zoneinfo/")
+    try:
+        ZoneInfo(zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        return "UTC"
+    return zone if sep else "UTC"
+
+
 def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
     """Run the demo and print alerts and a summary; returns the exit code."""
     if not opts.synthetic:
@@ -120,10 +191,13 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
                 print(line, file=out, flush=True)
 
         receiver = None
+        station: DemoStation | None = None
         if broker is not None:
-            receiver = Receiver("127.0.0.1", broker.port, on_alert=on_alert,
-                                client_id=f"camtrap-demo-ranger-{broker.port}")
-            receiver.start()
+            station = DemoStation.start(root, broker.port, on_alert)
+            if station is None:  # the station extra is not installed: the terminal receiver
+                receiver = Receiver("127.0.0.1", broker.port, on_alert=on_alert,
+                                    client_id=f"camtrap-demo-ranger-{broker.port}")
+                receiver.start()
         app = App(cfg, models_dir, SystemClock())
         if not opts.as_json:
             src = opts.images or ("synthetic scenes (the stand-in COCO detector sees no "
@@ -131,6 +205,10 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
             print(f"camtrap demo: unit {opts.unit}, camera replaying {src}, broker "
                   f"{broker.address if broker else 'none'}; running {opts.seconds:.0f} s",
                   file=out, flush=True)
+            if station is not None:
+                print(f"camtrap demo: the station's page: {station.url} (log in as "
+                      f"{station.user} / {station.password}; it stays up while the demo runs: "
+                      "--seconds to keep it longer)", file=out, flush=True)
         app.start()
         try:
             app.supervisor.done.wait(opts.seconds)
@@ -145,10 +223,14 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
                 time.sleep(0.1)
             if receiver is not None:
                 receiver.wait_quiet(1.0)
+            if station is not None:
+                station.station.receiver.wait_quiet(1.0)
         finally:
             app.stop(5.0)
             if receiver is not None:
                 receiver.stop()
+            if station is not None:
+                station.stop()
             if broker is not None:
                 broker.stop()
         c = app.counters
@@ -161,6 +243,7 @@ def run_demo(opts: DemoOptions, out: TextIO = sys.stdout) -> int:
             "alerts_received": len(received),
             "outbox_depth": app.outbox_depth(),
             "latency_ms_p50": round(statistics.median(latencies), 1) if latencies else None,
+            "station_url": station.url if station is not None else None,
         }
         if opts.as_json:
             print(json.dumps({"summary": summary}), file=out, flush=True)

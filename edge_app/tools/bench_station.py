@@ -74,6 +74,9 @@ def main(args: argparse.Namespace) -> int:
     return 1 if out["lost"] else 0
 
 
+_BENCH_PASSWORD = secrets.token_urlsafe(12)
+
+
 def _thumb() -> bytes:
     from PIL import Image
 
@@ -149,10 +152,17 @@ def run_bench(exe: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     try:
         broker.start()
         cfg = _config(work, broker.port, web_port, secret)
+        if web_port is not None:  # an account for the page's stream
+            from edge_app.station.web.accounts import add_user
+
+            (work / "store").mkdir(parents=True, exist_ok=True)
+            add_user(work / "store" / "ranger.db", "bench", _BENCH_PASSWORD, "ranger")
         log = (work / "station.log").open("ab")
         station = subprocess.Popen([sys.executable, "-m", "edge_app", "-v", "station",
                                     "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
         _wait(lambda: b"connected to" in (work / "station.log").read_bytes(), 30)
+        if web_port is not None:
+            _wait(lambda: b"the page is at" in (work / "station.log").read_bytes(), 30)
         time.sleep(0.3)  # its SUBSCRIBE follows the CONNACK
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
@@ -180,13 +190,12 @@ def run_bench(exe: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
                 station.kill()
         broker.stop()
     events, thumbs, dups = _counts(work / "store")
-    total = args.events + len(latencies)
+    published = args.events + (args.samples if web_port is not None else 0)
     lat = sorted(latencies)
     return {
         "events": args.events, "units": args.units, "ingest_s": round(ingest_s, 3),
         "ingest_per_s": round(args.events / ingest_s, 1),
-        "lost": max(0, total - events) + max(0, total - thumbs) if latencies or not
-        args.samples else max(0, args.events - events) + max(0, args.events - thumbs),
+        "lost": max(0, published - events) + max(0, published - thumbs),
         "duplicates": dups, "samples": len(lat),
         "page_latency_ms_p50": round(_pct(lat, 50), 2) if lat else None,
         "page_latency_ms_p95": round(_pct(lat, 95), 2) if lat else None,
@@ -205,8 +214,65 @@ def _publish(pub: Any, unit: str, seq: int, thumb: bytes, sha: str, properties: 
 
 def _page_latency(work: Path, port: int, pub: Any, unit: str, start_seq: int, samples: int,
                   thumb: bytes, sha: str, properties: Any, packet_types: Any) -> list[float]:
-    """Stored → on the open page, per event (see the module docstring)."""
-    raise NotImplementedError  # the page's live stream: filled in with the web page
+    """Stored → on the open page, per event (see the module docstring): a logged-in session
+    holds the page's live stream open while events are published one at a time."""
+    import threading
+
+    import httpx
+
+    from edge_app.station.web.views import dom_id
+
+    arrived: dict[str, float] = {}
+    cond = threading.Condition()
+    base = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=base, timeout=httpx.Timeout(10.0, read=None))
+    token = client.get("/login").text.split('name="csrf" value="')[1].split('"')[0]
+    r = client.post("/login", data={"name": "bench", "password": _BENCH_PASSWORD,
+                                    "csrf": token})
+    if r.status_code not in (200, 303):
+        raise RuntimeError(f"bench station: cannot log in ({r.status_code})")
+    stop = threading.Event()
+
+    def listen() -> None:
+        try:
+            with client.stream("GET", "/events") as resp:
+                for line in resp.iter_lines():
+                    if stop.is_set():
+                        return
+                    if line.startswith("data: "):
+                        got = time.time()
+                        ident = json.loads(line[6:]).get("id")
+                        with cond:
+                            arrived.setdefault(str(ident), got)
+                            cond.notify_all()
+        except httpx.HTTPError:
+            if not stop.is_set():
+                raise
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    time.sleep(0.5)  # the stream is open
+    out: list[float] = []
+    db = work / "store" / "ranger.db"
+    for k in range(samples):
+        seq = start_seq + 1000 + k
+        for info in _publish(pub, unit, seq, thumb, sha, properties, packet_types):
+            info.wait_for_publish(10)
+        key = dom_id(unit, f"{unit}-{seq}")
+        with cond:
+            if not cond.wait_for(lambda key=key: key in arrived, 10):  # type: ignore[misc]
+                continue
+            seen = arrived[key]
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            stored = con.execute("SELECT received FROM events WHERE unit = ? AND id = ?",
+                                 (unit, f"{unit}-{seq}")).fetchone()[0]
+        finally:
+            con.close()
+        out.append((seen - float(stored)) * 1000.0)
+    stop.set()
+    client.close()
+    return out
 
 
 def _pct(values: list[float], p: float) -> float:

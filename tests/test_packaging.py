@@ -187,3 +187,19 @@ def test_ci_calls_the_wheel_check() -> None:
     assert re.search(r"^deploy/dev/wheel-check\b", test, re.M)
     for script in ("wheel-check", "arm-smoke", "compare-detect"):
         assert (REPO / "deploy/dev" / script).stat().st_mode & 0o111, f"{script} not executable"
+
+
+def test_wheel_holds_the_station_pages_templates_and_static_files(
+        dist: tuple[Path, Path]) -> None:
+    """The page is server-rendered from package data: a wheel without its templates or its
+    CSS/JS would serve errors on a station installed with pip."""
+    _, wheel = dist
+    web = REPO / "edge_app/station/web"
+    files = sorted(p.relative_to(REPO).as_posix() for sub in ("templates", "static")
+                   for p in (web / sub).iterdir() if p.is_file())
+    assert any(f.endswith(".html") for f in files)
+    assert any(f.endswith(".css") for f in files)
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        for f in files:
+            assert f in names, f"{f} is not in {wheel.name}"

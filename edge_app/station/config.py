@@ -59,6 +59,20 @@ class WebSection:
 
 
 @dataclass(frozen=True)
+class ReviewSection:
+    """What the review loop needs to train a unit's head and send it (``[review]``)."""
+
+    models_dir: Path
+    key_file: Path
+    cards: tuple[str, ...]
+    embedder: str = ""
+    broker: str = ""
+    ca_file: Path | None = None
+    username: str = ""
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class StationConfig:
     """The whole file, checked."""
 
@@ -70,6 +84,7 @@ class StationConfig:
     mqtt: MqttSection = field(default_factory=MqttSection)
     web: WebSection = field(default_factory=WebSection)
     notify: dict[str, Any] = field(default_factory=dict)
+    review: ReviewSection | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -105,7 +120,7 @@ def load(path: str | Path) -> StationConfig:
 
 def parse(data: dict[str, Any], base: Path, path: Path | None = None) -> StationConfig:
     """Check a parsed file; relative paths are resolved against ``base``."""
-    _only(data, {"station", "mqtt", "web", "notify"}, "")
+    _only(data, {"station", "mqtt", "web", "notify", "review"}, "")
     st = _section(data, "station")
     _only(st, _STATION_KEYS, "station.")
     if "store" not in st:
@@ -118,16 +133,55 @@ def parse(data: dict[str, Any], base: Path, path: Path | None = None) -> Station
         raise ConfigError("station.timezone", f"unknown time zone {tz[:60]!r} (e.g. "
                           "'Asia/Vladivostok')") from None
     interval = _num(st, "station.expected_interval_s", 900.0, 10.0, 30 * 86400.0)
+    mqtt = _mqtt(_section(data, "mqtt"), base)
     return StationConfig(
         path=path or base / "station.toml",
         store=_path(st, "station.store", base) or base,
         timezone=tz,
         fleet_file=_path(st, "station.fleet_file", base),
         expected_interval_s=interval,
-        mqtt=_mqtt(_section(data, "mqtt"), base),
+        mqtt=mqtt,
         web=_web(_section(data, "web"), base),
         notify=_section(data, "notify"),
+        review=_review(data["review"], base, mqtt) if "review" in data else None,
     )
+
+
+_REVIEW_KEYS = {"models_dir", "key_file", "cards", "embedder", "broker", "ca_file", "username",
+                "password_file"}
+
+
+def _review(r: Any, base: Path, mqtt: MqttSection) -> ReviewSection:
+    """``[review]``: the models and signing key the station trains and signs heads with, and
+    an operator account for the push (the receiver's own account would be taken over: the
+    shipped broker allows one connection per account)."""
+    if not isinstance(r, dict):
+        raise ConfigError("review", "must be a table")
+    _only(r, _REVIEW_KEYS, "review.")
+    models = _path(r, "review.models_dir", base)
+    if models is None or not models.is_dir():
+        raise ConfigError("review.models_dir", "must be the folder of the units' model files")
+    key = _path(r, "review.key_file", base)
+    if key is None or not key.is_file():
+        raise ConfigError("review.key_file", "must be the fleet's private signing key "
+                          "('camtrap models keygen')")
+    cards = r.get("cards")
+    if (not isinstance(cards, list) or not cards or len(cards) > 8
+            or not all(isinstance(c, str) and _NAME_RE.match(c) for c in cards)):
+        raise ConfigError("review.cards", "must list the units' model cards, the detector "
+                          "first (e.g. [\"yolov8n_coco_int8_640\"])")
+    broker = _str(r, "review.broker", f"{mqtt.host}:{mqtt.port}")
+    pw = _path(r, "review.password_file", base)
+    if pw is not None and not pw.is_file():
+        raise ConfigError("review.password_file", f"{pw} does not exist")
+    user = _str(r, "review.username", "")
+    if user and user == mqtt.username:
+        raise ConfigError("review.username", "must be another account than mqtt.username "
+                          "(the broker allows one connection per account)")
+    return ReviewSection(models_dir=models, key_file=key, cards=tuple(cards),
+                         embedder=_str(r, "review.embedder", ""), broker=broker,
+                         ca_file=_path(r, "review.ca_file", base) or mqtt.ca_file,
+                         username=user, password_file=pw)
 
 
 def _mqtt(m: dict[str, Any], base: Path) -> MqttSection:

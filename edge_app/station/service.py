@@ -193,8 +193,23 @@ class Station:
             secret_key=web_secret(self.cfg), expected_interval_s=self.cfg.expected_interval_s,
             boundary=boundary(self.cfg), tile_url=w.tile_url or None, clock=self.clock,
             send_command=self.receiver.send_command,
-            public_url=w.public_url or f"http://{w.host}:{w.port}")
+            public_url=w.public_url or f"http://{w.host}:{w.port}",
+            review=review_runner(self.cfg, self.clock))
         return server(ctx, w.host, w.port, log_level="warning")
+
+
+def review_runner(cfg: StationConfig, clock: Clock) -> Any:
+    """The review loop's jobs for the page, None without ``[review]``."""
+    r = cfg.review
+    if r is None:
+        return None
+    from edge_app.station.review_job import JobSettings
+    from edge_app.station.review_runner import ReviewRunner
+
+    return ReviewRunner(cfg.store, JobSettings(
+        models=r.models_dir, key=r.key_file, cards=r.cards, broker=r.broker,
+        prefix=cfg.mqtt.prefix, ca_file=r.ca_file, username=r.username or None,
+        password_file=r.password_file, embedder=r.embedder), clock)
 
 
 def fleet_units(cfg: StationConfig) -> dict[str, Any]:
@@ -286,7 +301,7 @@ def run_station(cfg: StationConfig, stop: threading.Event | None = None) -> int:
             def watch() -> None:  # a receiver that stopped on a bug ends the service
                 while not srv.should_exit:
                     if station.failed is not None:
-                        srv.should_exit = True
+                        srv.handle_exit(signal.SIGTERM, None)  # also ends the live streams
                     time.sleep(0.5)
 
             threading.Thread(target=watch, name="watch", daemon=True).start()

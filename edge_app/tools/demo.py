@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
@@ -137,7 +138,7 @@ class DemoStation:
         return cls(station, server, thread, f"http://127.0.0.1:{web_port}/", "demo", password)
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.server.handle_exit(signal.SIGTERM, None)  # also ends the open pages' streams
         self.thread.join(10)
         self.station.stop()
 

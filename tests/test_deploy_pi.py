@@ -256,3 +256,22 @@ def test_a_pack_the_fleet_key_does_not_verify_never_reaches_the_card(
     assert rc == 2
     assert "pack-key: " in err
     assert not (boot / "camtrap").exists()
+
+
+def test_the_station_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    exe = _analyze()
+    unit = REPO / "deploy/systemd/camtrap-station.service"
+    text = unit.read_text()
+    assert text.count("ExecStart=/opt/camtrap-station/.venv/bin/camtrap station ") == 1
+    copy = tmp_path / "camtrap-station.service"
+    copy.write_text(text.replace("ExecStart=/opt/camtrap-station/.venv/bin/camtrap ",
+                                 f"ExecStart={shutil.which('true')} "))
+    r = subprocess.run([exe, "verify", "--man=no", str(copy)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "camtrap-station.service" not in r.stderr, r.stderr
+    r = subprocess.run([exe, "security", "--offline=true", str(copy)], capture_output=True,
+                       text=True, timeout=60)
+    exposure = re.search(r"Overall exposure level for \S+: (\d+\.\d)", r.stdout)
+    assert exposure is not None, r.stdout[-2000:] + r.stderr[-2000:]
+    assert float(exposure.group(1)) <= 2.0, r.stdout[-3000:]

@@ -60,11 +60,13 @@ def trap_config(root: Path, images: Path, port: str, secrets: Path, module: str 
 
 
 @pytest.fixture
-def leopard_dir(tmp_path: Path, cameratrapai_dir: Path) -> Path:
-    """One photo: the spotted night cat that the pipeline names leopard."""
+def leopard_dir(tmp_path: Path, field_dir: Path) -> Path:
+    """One photo the pipeline names leopard: a jaguar the detector boxes large (the night
+    ocelot no longer is one: a boxless small spotted cat is other_big_cat, issue 13)."""
     d = tmp_path / "images"
     d.mkdir()
-    shutil.copy(cameratrapai_dir / "ocelot.jpg", d / "ocelot.jpg")
+    shutil.copy(field_dir / "animl-py" / "examples__Jaguar__AABP_13_20051007_1205.jpg",
+                d / "jaguar.jpg")
     return d
 
 

@@ -183,6 +183,12 @@ class DetectorConfig:
         0.5, "species confidence needed when the detector found nothing", min=0, max=1)
     crop_context: float = _f(0.15, "extra margin around a box for the crop classifier, as a "
                              "fraction of the box size", min=0, max=2)
+    target_min_height: float = _f(
+        0.12, "a leopard or tiger is named only in a detector box at least this fraction of "
+        "the frame's height (smaller spotted/striped cats, e.g. a leopard cat, are reported "
+        "as other_big_cat); lower it for a camera far from the trail", min=0, max=1)
+    target_min_area: float = _f(
+        0.015, "likewise, the box's least area as a fraction of the frame's", min=0, max=1)
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     motion_gate: bool = _f(False, "skip the detector on burst frames with no change against "
                            "the pre-trigger frame (they take that frame's result)")

@@ -14,9 +14,11 @@ not raw detector output. What matters for a leopard trap, in order:
 Labels come from a CSV with at least ``file,label,species`` columns (the field set's
 ``labels.csv``, found automatically in DIR), or else from file names as in the cameratrapai
 set: ``blank``/``empty`` → empty, ``human``/``person`` → person, ``vehicle`` → vehicle,
-anything else → animal; species from words in the name (``leopard``, ``jaguar``, ``ocelot``,
-``cheetah`` → leopard: rosette-spotted cats, the group the classifier card alerts on;
-``tiger``; ``cougar``, ``puma``, ``lynx``, ``bobcat``, ``lion`` → other_big_cat).
+anything else → animal; species from words in the name (``leopard``, ``jaguar``, ``cheetah``
+→ leopard: big rosette-spotted cats, the group the classifier card names; ``tiger``; the small
+spotted cats ``leopard_cat``, ``ocelot``, ``serval`` and ``cougar``, ``puma``, ``lynx``,
+``bobcat``, ``lion`` → other_big_cat — a leopard cat on the park's trails must never count as a
+leopard; ``edge_app/trap/detect/species.py``).
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from edge_app.core.models_dir import SEARCH_HELP
 
 LABELS = ("empty", "animal", "person", "vehicle")
 BIG_CATS = ("leopard", "tiger")
-_SPECIES_WORDS = {
-    "leopard": ("leopard", "jaguar", "ocelot", "cheetah"),
+_SPECIES_WORDS = {  # first match wins: the small cats' words before "leopard"
+    "other_big_cat": ("leopard_cat", "leopardcat", "ocelot", "serval", "cougar", "puma",
+                      "lynx", "bobcat", "lion"),
+    "leopard": ("leopard", "jaguar", "cheetah"),
     "tiger": ("tiger",),
-    "other_big_cat": ("cougar", "puma", "lynx", "bobcat", "lion"),
 }
 
 

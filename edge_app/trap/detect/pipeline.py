@@ -77,6 +77,7 @@ from edge_app.trap.detect.preprocess import (
 )
 from edge_app.trap.detect.runtime import TensorInfo, TfliteModel
 from edge_app.trap.detect.site_head import SiteHead, load_head
+from edge_app.trap.detect.species import SpeciesRule, evidence, evidence_indices, judge
 from edge_app.trap.packs.manifest import MAX_MANIFEST_BYTES, parse_manifest
 
 if TYPE_CHECKING:
@@ -399,6 +400,7 @@ class Pipeline:
         self._det = det
         self._head = head
         self._clf: LoadedModel | None = None
+        self._cat_groups: dict[str, NDArray[np.intp]] = {}
         if cfg.classifier:
             clf = load_model(cfg.classifier, models_dir, cfg.num_threads, "classifier")
             try:
@@ -408,6 +410,7 @@ class Pipeline:
                 det.model.close()
                 raise
             self._clf = clf
+            self._cat_groups = evidence_indices(clf.classes.names)
         self._embedder: Embedder | None = None
         self.head: SiteHead | None = None
         self.background = background
@@ -670,7 +673,9 @@ class Pipeline:
 
         The named species is the likeliest of those whose summed probability clears its own
         threshold (``thresholds``, SPECIES order), so a stricter tiger threshold does not
-        hide a leopard that clears its own.
+        hide a leopard that clears its own. A leopard or tiger must then pass the species
+        rule (:mod:`edge_app.trap.detect.species`): a small, boxless or cat-of-the-village
+        crop is demoted to ``other_big_cat`` or a plain animal; ``sums`` stay raw.
         """
         clf = self._clf
         assert clf is not None
@@ -688,7 +693,12 @@ class Pipeline:
             return _Species(None, 0.0, sums)
         idx = clf.classes.species_classes[j]
         top = clf.classes.names[int(idx[int(np.argmax(probs[idx]))])]
-        return _Species(SPECIES[j], float(sums[j]), sums, top)
+        rule = SpeciesRule(self.cfg.target_min_height, self.cfg.target_min_area)
+        named, conf = judge(SPECIES[j], float(sums[j]), evidence(probs, self._cat_groups),
+                            bbox, rule)
+        if named is None:
+            return _Species(None, 0.0, sums)
+        return _Species(named, conf, sums, top)
 
     # -- a burst --------------------------------------------------------------------------
 

@@ -6,9 +6,9 @@ unit remembers the embeddings (:mod:`edge_app.trap.detect.embed`) of
 * frames it *discarded* with a margin (every detector and classifier score below
   ``background.learn_below``, and every other stage agreeing it was empty), and
 * scheduled background shots taken without a trigger (``background.shot_every_s``, a small
-  supervised stage in :mod:`edge_app.trap.daemon`), which is how night, dawn and a new season get
-  learnt: a trap cannot learn a scene from its discards if the background itself keeps vetoing
-  that scene.
+  supervised stage, :mod:`edge_app.trap.scene_learning`), which is how night, dawn and a new
+  season get learnt: a trap cannot learn a scene from its discards if the background itself
+  keeps vetoing that scene.
 
 In the fusion (:func:`edge_app.trap.detect.policy.decide`) the background is one more voter: a frame
 whose cosine similarity to every remembered scene is below ``background.min_similarity`` is

@@ -256,6 +256,9 @@ AREA_COMMANDS: list[tuple[str, str, str]] = [
      "status and commands"),
     ("power-budget", "edge_app.tools.power_budget", "days on a battery and trigger latency "
      "per power mode (always-on, gated, hybrid), with sources"),
+    ("data-budget", "edge_app.tools.data_budget", "MB a month of alerts, images, keepalives and "
+     "TLS handshakes per cellular link policy (always, on-demand, windows), with measured "
+     "overheads"),
     ("deployment", "edge_app.tools.deployment_cli", "record where and how the unit is set up "
      "(start/end/ls); every event carries the open deployment's id"),
     ("export", "edge_app.tools.camtrap_dp", "a unit's card or the station's store as a "

@@ -126,7 +126,8 @@ def test_cli_json_shape_and_exit_codes(tmp_path: Path, models_dir: Path,
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is True
     assert [c["name"] for c in out["checks"]] == [
-        "config", "models", "camera", "pir", "mcu", "clock", "lora", "mqtt", "disk", "outbox"]
+        "config", "models", "camera", "pir", "mcu", "clock", "lora", "cellular", "mqtt", "disk",
+        "outbox"]
     assert all(set(c) == {"name", "status", "detail", "fix"} for c in out["checks"])
     # the broker is gone now: the same unit fails on the mqtt line, exit 1, still a table
     assert cli.main(["doctor", "--config", str(cfg), "--pir-window", "0.2"]) == 1

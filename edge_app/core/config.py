@@ -207,6 +207,28 @@ class DetectorConfig:
     head_threshold: float = _f(0.0, "the head votes 'empty' at or above this P(empty) (0 = "
                                "the cross-validated threshold stored in the head file)",
                                min=0, max=1)
+    second_look_tiles: bool = _f(True, "second look: when every raw score of a frame stays "
+                                 "below second_look_below, run the detector again on 2x2 "
+                                 "overlapping windows of the frame at full resolution (4 "
+                                 "invokes, only on such frames; field set: 80 -> 86 of 106 "
+                                 "animals kept, every empty still discarded)")
+    second_look_ir: bool = _f(False, "second look: on such a frame that is infrared (grey), "
+                              "run the detector again on a contrast-stretched copy (1 invoke; "
+                              "off: it kept no animal more on the field set)")
+    second_look_detector: str = _f("", "second look: model card of a second detector run on "
+                                   "such a frame as a second voter ('' = none; the pack's SSD "
+                                   "kept 3 animals more but also an empty frame)")
+    second_look_below: float = _f(0.15, "the second look runs only when every raw score of the "
+                                  "first pass is below this (keep it at policy.empty_below: "
+                                  "frames the policy would discard)", min=0, max=1)
+    second_look_threshold: float = _f(0.3, "a box the second look finds counts only at this "
+                                      "confidence or above (and its category's threshold)",
+                                      min=0, max=1)
+    second_look_overlap: float = _f(0.2, "second look: fraction of a window's side shared "
+                                    "with its neighbour", min=0, max=0.9)
+    second_look_ir_saturation: float = _f(0.015, "second look: a frame whose mean colour "
+                                          "saturation (0-1) is below this counts as infrared",
+                                          min=0, max=1)
     pack_public_key: str = _f("", "the fleet's Ed25519 public key (base64 of the 32 raw bytes, "
                               "the .pub file 'camtrap models keygen' writes) that signed model "
                               "packs must verify against ('' = 'camtrap models install' refuses "
@@ -509,6 +531,57 @@ def parse_window(text: str) -> tuple[int, int]:
     return start, end
 
 
+CELLULAR_MAX_WINDOWS = 6
+PLAN_MONTH_S = 31 * 86400.0
+"""The longest plan month: how long a held full image may wait for the rollover."""
+
+
+@dataclass(frozen=True)
+class CellularConfig:
+    """The LTE modem under ModemManager, its link policy and the SIM's data plan
+    (edge_app/trap/cellular/)."""
+
+    enabled: bool = _f(False, "manage the LTE modem through ModemManager (D-Bus); off: the "
+                       "MQTT link assumes an IP route exists, as before")
+    mode: Literal["always", "on-demand", "windows"] = _f(
+        "on-demand", "always: the bearer stays up (commands arrive at once, the modem draws "
+        "power all day); on-demand: up when the outbox holds work for MQTT, and "
+        "status_every_s after it was last up for commands and status, down after "
+        "idle_disconnect_s; windows: up only inside the windows")
+    windows: list[str] = _f([], "windows mode: 'HH:MM-HH:MM' in the timezone below (end before "
+                            "start wraps midnight; at most 6)")
+    timezone: str = _f("UTC", "the windows' and the data plan's time zone, an IANA name (e.g. "
+                       "Asia/Vladivostok)")
+    status_every_s: float = _f(1800.0, "on-demand: connect at least this often so the station's "
+                               "commands and the status report get through (0 = only for the "
+                               "outbox)", min=0, max=7 * 86400)
+    idle_disconnect_s: float = _f(120.0, "on-demand: disconnect once nothing was queued or in "
+                                  "flight for this long", min=5, max=86400)
+    connect_timeout_s: float = _f(90.0, "a connect that has not given a bearer within this long "
+                                  "counts as failed (backoff)", min=5, max=3600)
+    retry_base_s: float = _f(30.0, "first wait after a failed connect (doubles, jittered)",
+                             min=1, max=86400)
+    retry_cap_s: float = _f(1800.0, "longest wait between connect attempts", min=1,
+                            max=86400)
+    modem_off_when_idle: bool = _f(True, "disable the modem (radio off, low power) while the "
+                                   "link is meant to be down")
+    apn: str = _f("", "the SIM's APN for Simple.Connect ('' = the modem's default profile)")
+    signal_rate_s: int = _f(60, "ModemManager Signal.Setup refresh rate (RSSI/RSRP/SINR; 0 = "
+                            "do not ask)", min=0, max=3600)
+    plan_mb: float = _f(0.0, "the SIM's monthly data plan in MB (10^6 bytes; 0 = no plan, "
+                        "every image goes)", min=0, max=1e7)
+    cycle_day: int = _f(1, "day of the month the plan restarts (29-31 mean the last day in "
+                        "shorter months)", min=1, max=31)
+    full_image_margin: float = _f(0.1, "full images go only while the projected month stays "
+                                  "under plan_mb × (1 - this); held ones wait in the outbox "
+                                  "(outbox.image_expiry_s must then be 0 or ≥ 31 days)", min=0,
+                                  max=0.9)
+
+    def window_minutes(self) -> tuple[tuple[int, int], ...]:
+        """The windows as (start, end) minutes after local midnight (checked at parse)."""
+        return tuple(parse_window(w) for w in self.windows)
+
+
 @dataclass(frozen=True)
 class Config:
     unit: UnitConfig = field(default_factory=UnitConfig)
@@ -526,6 +599,7 @@ class Config:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     power: PowerConfig = field(default_factory=PowerConfig)
     ir: IrConfig = field(default_factory=IrConfig)
+    cellular: CellularConfig = field(default_factory=CellularConfig)
 
     @property
     def mqtt_client_id(self) -> str:
@@ -716,6 +790,7 @@ def _check(cfg: Config) -> None:
                           "(trigger.source = 'mcu' or mcu.enabled)")
     _check_power(cfg)
     _check_ir(cfg)
+    _check_cellular(cfg)
 
 
 def _check_power(cfg: Config) -> None:
@@ -744,6 +819,33 @@ def _check_power(cfg: Config) -> None:
 IR_CAPTURE_MARGIN_S = 1.0
 """``ir.max_on_s`` must exceed the planned illuminator on-time by this (a full-resolution
 capture can take ~0.2 s, formats-and-field §8.7)."""
+
+
+def _check_cellular(cfg: Config) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    cell = cfg.cellular
+    if len(cell.windows) > CELLULAR_MAX_WINDOWS:
+        raise ConfigError("cellular.windows", f"at most {CELLULAR_MAX_WINDOWS} windows")
+    for i, w in enumerate(cell.windows):
+        try:
+            parse_window(w)
+        except ValueError as e:
+            raise ConfigError(f"cellular.windows[{i}]", str(e)) from None
+    if cell.mode == "windows" and not cell.windows:
+        raise ConfigError("cellular.windows", "windows mode needs at least one window")
+    try:
+        ZoneInfo(cell.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("cellular.timezone",
+                          f"not a known IANA time zone: {cell.timezone!r}") from None
+    if cell.retry_cap_s < cell.retry_base_s:
+        raise ConfigError("cellular.retry_cap_s", "must be ≥ retry_base_s")
+    expiry = cfg.outbox.image_expiry_s
+    if cell.enabled and cell.plan_mb > 0 and 0 < expiry < PLAN_MONTH_S:
+        raise ConfigError("outbox.image_expiry_s", f"with a data plan (cellular.plan_mb) full "
+                          f"images may be held until the month rolls over: set it to 0 (never) "
+                          f"or ≥ {PLAN_MONTH_S:.0f} s (31 days), got {expiry:g}")
 
 
 def _check_ir(cfg: Config) -> None:

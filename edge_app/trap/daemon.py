@@ -29,6 +29,7 @@ from edge_app.core.config import Config
 from edge_app.core.errors import ConfigError, ModelError
 from edge_app.core.events import Burst, FrameResult, TriggerEvent, Verdict
 from edge_app.trap.capture import capture_burst
+from edge_app.trap.cellular.stage import make_cellular, mqtt_work
 from edge_app.trap.daemon_stats import Counters, daemon_stats
 from edge_app.trap.detect.background import BackgroundMemory
 from edge_app.trap.detect.burst import slim_burst
@@ -128,10 +129,14 @@ class App:
         # EXIT_RESTART and systemd starts it again on the new pack, which is then on trial.
         self.models_dir = models_dir
         self.restart_requested = False
-        self.link = (
+        # The LTE modem (trap/cellular/stage.py): up when the MQTT link has work, within the
+        # SIM's data plan, which the MQTT link asks before each full image.
+        self.cellular = make_cellular(cfg, self.clock, lambda: mqtt_work(self.store, self.link))
+        self.link: MqttLink | None = (
             MqttLink(cfg, self.store.db_path, self.clock, stats_source=self.stats_extra,
                      settings=self.settings,
-                     packs=remote_packs(cfg, models_dir, lambda _done: self._restart()))
+                     packs=remote_packs(cfg, models_dir, lambda _done: self._restart()),
+                     image_gate=self.cellular.allows_image if self.cellular else None)
             if cfg.mqtt.enabled else None
         )
         # LoRaWAN alerts (issue 5): its own stage, fed by the outbox's LoRa rows (the store
@@ -168,6 +173,9 @@ class App:
         deadline = cfg.watchdog.stage_deadline_s
         link_deadline = max(deadline, LINK_DEADLINE_S)
         self.supervisor.add("housekeeping", Housekeeper(cfg, self.clock).run)
+        if self.cellular is not None:
+            self.supervisor.add("cellular", self.cellular.run, self.cellular.wake, link_deadline)
+            self.cellular.beat = self.supervisor.heart("cellular")
         if self.link is not None:
             self.supervisor.add("uplink", self.link.run, self.link.wake, link_deadline)
             self.link.beat = self.supervisor.heart("uplink")
@@ -277,6 +285,8 @@ class App:
                     (self.clock.monotonic() - burst.trigger.mono) * 1000.0)
                 if self.link is not None:
                     self.link.wake()
+                if self.cellular is not None:
+                    self.cellular.wake()
                 if self.lora is not None and verdict.outcome == "alert":
                     self.lora.wake()
                 if self.power is not None:

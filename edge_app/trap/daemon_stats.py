@@ -71,6 +71,8 @@ def daemon_stats(app: App) -> dict[str, Any]:
         out["lorawan"] = app.lora.stats()  # counters and the airtime budget
     if app.lighting is not None:
         out["ir"] = app.lighting.stats()
+    if app.cellular is not None:
+        out["cellular"] = app.cellular.stats()  # signal, link state, the month's data
     out["camera"] = app.camera.counters()
     if app.power is not None:
         out["power"] = {"mode": app.cfg.power.mode, **asdict(app.power.stats)}

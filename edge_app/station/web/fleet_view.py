@@ -83,6 +83,11 @@ MAX_OUTBOX_ROWS = 10**9
 """Per-kind depths above this are a wrong reading."""
 MAX_TEXT = 64
 """Longest name or version shown (the page escapes it; this keeps the table readable)."""
+DATA_PLAN_WARN = 0.9
+"""The SIM's month used (or projected) beyond this fraction of its plan: a ranger is told
+before full images stop going (the trap holds them once the projection would not fit)."""
+MAX_MB = 1e7
+"""Data figures above this (10 TB) are a wrong reading."""
 
 STATES = ("online", "offline", "lost", "silent", "never")
 
@@ -368,6 +373,53 @@ def _other_flags(stats: Mapping[str, Any], mcu: Mapping[str, Any], flags: _Flags
     pack = _map(_map(stats.get("models")).get("pack"))
     if pack.get("on_trial") is True:
         flags.add(Severity.INFO, "model pack on trial")
+    _cellular_flags(_map(stats.get("cellular")), flags)
+
+
+def _mb(value: Any) -> float | None:
+    f = _number(value)
+    return f if f is not None and 0 <= f <= MAX_MB else None
+
+
+def _cellular_flags(cell: Mapping[str, Any], flags: _Flags) -> None:
+    """The LTE link (``cellular`` in the stats): no modem, no signal, the data plan."""
+    if not cell:
+        return
+    signal, data = _map(cell.get("signal")), _map(cell.get("data"))
+    state = signal.get("state")
+    if state == "absent":
+        flags.add(Severity.WARN, "no modem")
+    elif state == "searching" or _number(signal.get("quality")) == 0:
+        flags.add(Severity.WARN, "no signal")
+    used, plan = _mb(data.get("used_mb")), _mb(data.get("plan_mb"))
+    projected = _mb(data.get("projected_mb"))
+    if used is not None and plan:
+        if used >= DATA_PLAN_WARN * plan:
+            flags.add(Severity.WARN, f"data plan {100 * used / plan:.0f} % used")
+        elif projected is not None and projected >= DATA_PLAN_WARN * plan:
+            flags.add(Severity.INFO, f"data plan {100 * projected / plan:.0f} % by month end")
+
+
+def _cellular_text(cell: Mapping[str, Any]) -> str | None:
+    """``LTE lte 70 % · RSRP −101 dBm · 12.5/500 MB``: signal and data use, what is known."""
+    if not cell:
+        return None
+    signal, data = _map(cell.get("signal")), _map(cell.get("data"))
+    parts = ["LTE" + ("" if (tech := _text(signal.get("technology"))) is None
+                      else f" {tech}")]
+    quality = _number(signal.get("quality"))
+    if quality is not None and 0 <= quality <= 100:
+        parts[0] += f" {quality:.0f} %"
+    rsrp = _number(signal.get("rsrp"))
+    if rsrp is not None and -200 <= rsrp <= 0:
+        parts.append(f"RSRP {_num(rsrp, 0)} dBm")
+    link_state = _text(_map(cell.get("link")).get("state"))
+    if link_state is not None:
+        parts.append(link_state)
+    used, plan = _mb(data.get("used_mb")), _mb(data.get("plan_mb"))
+    if used is not None:
+        parts.append(f"{used:.1f}/{plan:.0f} MB" if plan else f"{used:.1f} MB")
+    return " ".join(parts[:1]) + "".join(f" · {p}" for p in parts[1:])
 
 
 def _link(stats: Mapping[str, Any]) -> str | None:
@@ -380,6 +432,9 @@ def _link(stats: Mapping[str, Any]) -> str | None:
         joined = lora.get("joined")
         if isinstance(joined, bool):
             parts.append("LoRa joined" if joined else "LoRa not joined")
+    cell = _cellular_text(_map(stats.get("cellular")))
+    if cell is not None:
+        parts.append(cell)
     return " · ".join(parts) or None
 
 

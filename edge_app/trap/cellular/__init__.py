@@ -5,4 +5,6 @@
 * :mod:`.budget`: the SIM's monthly plan (pure, wall-clock driven, saved as JSON).
 * :mod:`.modem`: the thin D-Bus adapter to ModemManager.
 * :mod:`.link`: one step joining them (observe, count, decide, act), for the daemon's worker.
+* :mod:`.stage`: the daemon's stage running the link (sleeps until the next check, a
+  ModemManager change or a wake from the store), and the data plan's word to the MQTT link.
 """

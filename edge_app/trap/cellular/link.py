@@ -11,6 +11,7 @@ before the bearer (and its counters) go away.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ class CellularLink:
         self.state_path = state_path
         self.last: ModemSnapshot = ModemSnapshot("absent")
         self._signal_asked_for: str | None = None
+        # the budget is counted here (the stage's thread) and asked by the uplink's thread
+        self._budget_lock = threading.Lock()
 
     def step(self, outbox_depth: int = 0, in_flight: int = 0,
              last_activity_mono: float | None = None) -> LinkStep:
@@ -78,12 +81,26 @@ class CellularLink:
     def _count(self, snap: ModemSnapshot) -> None:
         if snap.bearer is None or snap.rx_bytes is None or snap.tx_bytes is None:
             return
-        if self.budget.observe_bearer(snap.bearer, snap.rx_bytes, snap.tx_bytes,
-                                      self.clock.wall()) and self.state_path is not None:
-            try:
-                self.budget.save(self.state_path)
-            except OSError as e:
-                logger.warning("data budget state not saved: %s", e)
+        with self._budget_lock:
+            if self.budget.observe_bearer(snap.bearer, snap.rx_bytes, snap.tx_bytes,
+                                          self.clock.wall()):
+                self._save()
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        try:
+            self.budget.save(self.state_path)
+        except OSError as e:
+            logger.warning("data budget state not saved: %s", e)
+
+    def allows_image(self, size_bytes: int, wall: float) -> bool:
+        """Whether a full image of ``size_bytes`` may go now (any thread: the uplink asks)."""
+        with self._budget_lock:
+            ok = self.budget.allows("full_image", size_bytes, wall)
+            if not ok:
+                self._save()  # the held count survives a reboot too
+            return ok
 
     def _act(self, d: LinkDecision) -> bool:
         if d.action == "none":
@@ -106,6 +123,7 @@ class CellularLink:
 
     def stats(self) -> dict[str, Any]:
         """For the stats message: signal and link health, the month's data."""
-        return {"signal": self.last.to_json(),
-                "data": self.budget.usage(self.clock.wall()).to_json(),
+        with self._budget_lock:
+            usage = self.budget.usage(self.clock.wall())
+        return {"signal": self.last.to_json(), "data": usage.to_json(),
                 "errors": dict(self.client.errors)}

@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import selectors
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -161,6 +163,25 @@ class ModemManagerClient:
         self._changes: deque[Message] = deque(maxlen=64)
         self._modem: str | None = None
         self._signal_rate: int | None = None
+        # wake(): another thread ends a wait_for_change at once (the outbox got work); a
+        # socket pair because the wait is a select on the bus socket, not an Event
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    def wake(self) -> None:
+        """End a :meth:`wait_for_change` now (any thread; cheap, never blocks)."""
+        self.interrupt.set()
+        with contextlib.suppress(OSError):  # full or closed: a wake is already pending
+            self._wake_w.send(b"w")
+
+    def _drain_wake(self) -> bool:
+        woken = False
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(64):
+                woken = True
+        self.interrupt.clear()
+        return woken
 
     # -- connection ---------------------------------------------------------------------
 
@@ -178,11 +199,16 @@ class ModemManagerClient:
         self._conn = conn
         return conn
 
-    def close(self) -> None:
+    def close(self, final: bool = False) -> None:
+        """Drop the bus connection (the next call opens it again); ``final`` also closes
+        the wake sockets (the client is done)."""
         if self._conn is not None:
             with contextlib.suppress(OSError):
                 self._conn.close()
             self._conn = None
+        if final:
+            self._wake_r.close()
+            self._wake_w.close()
 
     def _fail(self, kind: str, text: str) -> None:
         self.errors[kind] += 1
@@ -337,31 +363,37 @@ class ModemManagerClient:
 
     def wait_for_change(self, timeout_s: float) -> bool:
         """Block until ModemManager signals a change (a modem added or removed, a property
-        changed) or ``timeout_s`` passes; True on a change. Other signals on the path
-        (ModemManager's own, a mock's) are read and ignored. Without a bus it waits the
-        timeout on the clock (or until :attr:`interrupt` is set) and tries the bus again on
+        changed), :meth:`wake` is called, or ``timeout_s`` passes; True on a change. Other
+        signals on the path (ModemManager's own, a mock's) are read and ignored. Without a
+        bus it waits the timeout on the clock (or until woken) and tries the bus again on
         the next call, so a loop around it never spins."""
         conn = self._connection()
-        if conn is None:  # no bus: wait out the timeout (or an interrupt), never spin
+        if conn is None:  # no bus: wait out the timeout (or a wake), never spin
             self.clock.wait(self.interrupt, timeout_s)
-            self.interrupt.clear()
+            self._drain_wake()
             return False
         deadline = time.monotonic() + max(0.0, timeout_s)
-        while True:
-            if self._drain():
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                msg = conn.recv_until_filtered(self._changes, timeout=left)
-            except TimeoutError:
-                return False
-            except (OSError, ValueError) as e:
-                self._fail("bus", f"connection lost while waiting ({e})")
-                self.close()
-                return False
-            self._changes.appendleft(msg)
+        with selectors.DefaultSelector() as sel:
+            sel.register(conn.sock, selectors.EVENT_READ, "bus")
+            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            while True:
+                if self._drain():
+                    return True
+                try:  # what is buffered or readable now, without blocking
+                    conn.recv_messages(timeout=0)
+                    continue
+                except TimeoutError:
+                    pass
+                except (OSError, ValueError) as e:
+                    self._fail("bus", f"connection lost while waiting ({e})")
+                    self.close()
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                ready = {key.data for key, _ in sel.select(left)}
+                if "wake" in ready and self._drain_wake():
+                    return self._drain()
 
     def _drain(self) -> bool:
         """Empty the signal queue; True if any was a change we care about."""

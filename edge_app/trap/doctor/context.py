@@ -20,11 +20,14 @@ class Probes:
             drives high).
         time_source: where the Pi's clock comes from now (``gps``, ``ntp``, ``none``).
         mcu_emulator: a running :class:`~edge_app.sim.mcu.McuEmulator` (sim only).
+        modem_bus: the D-Bus address where ModemManager is (a test's private bus; None: the
+            system bus, or the session bus with the sim backend).
     """
 
     pin_factory: object | None = None
     time_source: Callable[[], str] | None = None
     mcu_emulator: Any = None
+    modem_bus: str | None = None
 
 
 @dataclass

@@ -19,6 +19,7 @@ def steps() -> list[Step]:
     """(name, check, fix when it hangs), in the order they run: the MCU before the clock (the
     clock line trusts the RTC the MCU line found set)."""
     from edge_app.trap.doctor.broker import check_broker
+    from edge_app.trap.doctor.cellular import check_cellular
     from edge_app.trap.doctor.devices import (
         STOP_SERVICE,
         check_camera,
@@ -35,6 +36,8 @@ def steps() -> list[Step]:
         ("mcu", check_mcu, STOP_SERVICE),
         ("clock", check_clock, "check chronyd (`chronyc tracking`)"),
         ("lora", check_lora, STOP_SERVICE),
+        ("cellular", check_cellular, "ModemManager does not answer: `systemctl status "
+         "ModemManager`"),
         ("mqtt", check_broker, "check the network and mqtt.host"),
         ("disk", check_disk, "the card does not answer: check it (fsck) or replace it"),
         ("outbox", check_outbox, "the database is locked: stop the trap first"),

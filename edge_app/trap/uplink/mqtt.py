@@ -89,7 +89,7 @@ from edge_app.trap.uplink.commands import Commands
 from edge_app.trap.uplink.counters import Counters
 from edge_app.trap.uplink.mqtt_door import CommandCall, MqttDoor, PackChunk, Receipt
 from edge_app.trap.uplink.mqtt_policy import Refusal, SendPolicy
-from edge_app.trap.uplink.mqtt_rows import DB_RETRY_S, MqttRows
+from edge_app.trap.uplink.mqtt_rows import DB_RETRY_S, ImageGate, MqttRows
 from edge_app.trap.uplink.mqtt_session import (
     WAKE,
     Connected,
@@ -124,6 +124,8 @@ class MqttLink:
         on_config: called with the new configuration after any accepted settings change.
         settings: the trap's settings service, the link's source of the current config
             (default: one of its own over ``db``).
+        image_gate: the data plan's word on each full image, ``(size, wall) → bool`` (the
+            cellular stage's; None: no plan). Alerts, thumbnails and status never ask.
 
     Raises:
         ConfigError: TLS is on and a CA/cert/key file named in the config does not exist, or
@@ -134,13 +136,18 @@ class MqttLink:
                  rng: random.Random | None = None, chunk_bytes: int | None = None,
                  stats_source: Callable[[], dict[str, Any]] | None = None,
                  on_config: Callable[[Config], None] | None = None,
-                 settings: Settings | None = None, packs: RemotePacks | None = None) -> None:
+                 settings: Settings | None = None, packs: RemotePacks | None = None,
+                 image_gate: ImageGate | None = None) -> None:
         self.db_path = Path(db)
         self.clock: Clock = clock or SystemClock()
         self.settings = settings or Settings(cfg, self.clock, self.db_path)
         cfg = self.cfg
         self._rng = rng or random.Random()
         self._chunk_override = chunk_bytes
+        self._image_gate = image_gate
+        # When a row's message was last published or acknowledged, or a message came in: the
+        # cellular stage's idle timer. One float, written here, read there.
+        self.activity_mono: float | None = None
         self._on_config = on_config
         self.report = StatsReport(self.clock, DiskGuard.from_config(cfg), stats_source)
         self._commands = Commands(self.settings, self.clock, packs=packs)
@@ -201,6 +208,15 @@ class MqttLink:
         snap.state = self._state.value
         return snap
 
+    def in_flight(self) -> int:
+        """Messages of rows awaiting a PUBACK (any thread: a torn read is harmless)."""
+        return len(self.policy.mid_row)
+
+    def images_held(self) -> bool:
+        """Whether the data plan holds full images back now."""
+        rows = getattr(self, "rows", None)
+        return bool(rows is not None and rows.images_held)
+
     def refusals(self) -> dict[str, dict[str, int]]:
         """What the link's doors refused, per door and kind."""
         return {"receipts": self.receipt_refusals.snapshot(),
@@ -225,7 +241,7 @@ class MqttLink:
             self.policy.reset()
             self.rows = MqttRows(outbox, Receipts(conn, self.clock, cfg.outbox), self.policy,
                                  lambda: self.cfg, self._count, self._count_sent,
-                                 self._chunk_override)
+                                 self._chunk_override, self._image_gate)
             session = self._session = Session(cfg, self.clock, self._events, self._password,
                                               cfg.outbox.max_inflight, self._rng)
             self._set_state(LinkState.CONNECTING)
@@ -306,11 +322,13 @@ class MqttLink:
             if isinstance(ev, Wake):
                 self._wake_pending.clear()
             elif isinstance(ev, Published):
+                self.activity_mono = mono
                 if ev.mid == self._status_mid:
                     self._status_acked = True
                 elif (r := self.policy.puback(ev.mid, ev.failure, ev.reason, mono)) is not None:
                     refused[r.row_id] = r
             elif isinstance(ev, Message):
+                self.activity_mono = mono
                 self._on_message(ev, s, commands)
             elif isinstance(ev, Connected):
                 self._on_connected(ev, mono)

@@ -16,7 +16,8 @@ The rules:
   ``image``), and chunks of rows already started are interleaved by the same order: an alert
   queued during an image transfer goes out after at most the chunks already on the air.
 * **Full images** go one at a time, and only once the link has been up and clean (no lost or
-  refused message) for ``mqtt.image_min_link_s``.
+  refused message) for ``mqtt.image_min_link_s``; and not while they are held (the data plan
+  refused one: :meth:`SendPolicy.hold_images`).
 * **PUBACK**: a row is done when the broker acknowledged its last message; then it is ``sent``,
   or, for ``alert``/``event`` rows with receipts on, ``acked-by-broker`` until the receiver's
   receipt. A failure reason code is a refusal (the adapter backs the row off).
@@ -29,6 +30,7 @@ The rules:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -66,6 +68,7 @@ class SendPolicy:
         self.max_packet: int | None = None
         self.connected_at: float | None = None
         self.clean_since = now
+        self.images_held_until = -math.inf
 
     def configure(self, mqtt: MqttConfig, outbox: OutboxConfig) -> None:
         """Settings changed (remotely): use the new ones from the next decision on."""
@@ -106,7 +109,12 @@ class SendPolicy:
         start = self.clean_since
         if self.connected_at is not None:
             start = max(start, self.connected_at)
-        return start + self.mqtt.image_min_link_s
+        return max(start + self.mqtt.image_min_link_s, self.images_held_until)
+
+    def hold_images(self, until: float) -> None:
+        """Full images wait until monotonic ``until`` (the data plan refused one); they stay
+        ready in the outbox, and the link asks again then."""
+        self.images_held_until = until
 
     def image_busy(self) -> bool:
         return any(t.kind == Kind.IMAGE for t in self.transfers.values())

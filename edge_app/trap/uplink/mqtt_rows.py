@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 
 from edge_app.core.config import Config
 from edge_app.trap.store.db import transaction
-from edge_app.trap.store.outbox import Link, Outbox, OutboxRow
+from edge_app.trap.store.outbox import Kind, Link, Outbox, OutboxRow
 from edge_app.trap.store.receipts import Receipts
 from edge_app.trap.uplink.mqtt_policy import Refusal, SendPolicy
 from edge_app.trap.uplink.mqtt_wire import Transfer, media_transfer, payload_transfer, topic_of
@@ -34,7 +34,12 @@ from edge_app.trap.uplink.mqtt_wire import Transfer, media_transfer, payload_tra
 logger = logging.getLogger(__name__)
 
 DB_RETRY_S = 1.0
+IMAGE_HOLD_S = 600.0
+"""A full image the data plan refused: the link asks again this much later (the projection
+falls as the month goes on with little use; the month rolls over)."""
 Publish = Callable[[str, bytes, Properties | None], tuple[int | None, str]]
+ImageGate = Callable[[int, float], bool]
+"""(size in bytes, wall time) → whether a full image may go now (the cellular data plan)."""
 
 
 class MqttRows:
@@ -48,15 +53,19 @@ class MqttRows:
         count: bumps the link's counters.
         count_sent: counts delivered rows per kind.
         chunk_override: media chunk size instead of ``mqtt.chunk_bytes`` (tests, bench).
+        image_gate: asked before each full image starts (None: every image may go); a refusal
+            holds full images for :data:`IMAGE_HOLD_S`, the rows staying ready.
     """
 
     def __init__(self, outbox: Outbox, receipts: Receipts, policy: SendPolicy,
                  cfg: Callable[[], Config], count: Callable[..., None],
                  count_sent: Callable[[Iterable[str]], None],
-                 chunk_override: int | None = None) -> None:
+                 chunk_override: int | None = None, image_gate: ImageGate | None = None) -> None:
         self.outbox, self.receipts, self.policy, self._cfg = outbox, receipts, policy, cfg
         self._count, self._count_sent = count, count_sent
         self._chunk_override = chunk_override
+        self._image_gate = image_gate
+        self.images_held = False
         self.retry_at: float | None = None
 
     def blocked(self, mono: float) -> bool:
@@ -112,6 +121,8 @@ class MqttRows:
         except sqlite3.Error as e:
             self._db_failed("read the outbox", e, mono)
             return
+        if self._image_gate is not None:
+            due = [row for row in due if row.kind != Kind.IMAGE or self._image_ok(row, now, mono)]
         starting = [t for row in p.admit(due) if (t := self._start(row, now, mono))]
         if starting:
             try:
@@ -131,6 +142,25 @@ class MqttRows:
             logger.warning("MQTT: row %d not published: %s", t.row_id, errors[t.row_id])
             self._back_off(t.row_id, now, f"publish failed: {errors[t.row_id]}",
                            t.remaining() if t.media else None)
+
+    def _image_ok(self, row: OutboxRow, now: float, mono: float) -> bool:
+        """The image gate's word on one full image; a refusal holds them all."""
+        assert self._image_gate is not None
+        try:
+            size = (Path(self._cfg().storage.root) / (row.media_path or "")).stat().st_size
+        except OSError:
+            return True  # _start marks it dead with the reason
+        if self._image_gate(size, now):
+            if self.images_held:
+                logger.info("MQTT: full images go again (data plan)")
+            self.images_held = False
+            return True
+        if not self.images_held:
+            logger.warning("MQTT: full images held: the data plan's month would not fit them; "
+                           "they wait in the outbox (asked again every %.0f s)", IMAGE_HOLD_S)
+        self.images_held = True
+        self.policy.hold_images(mono + IMAGE_HOLD_S)
+        return False
 
     def _start(self, row: OutboxRow, now: float, mono: float) -> Transfer | None:
         """Render a row's messages; a row that can never be sent becomes dead (logged)."""

@@ -8,6 +8,11 @@ night and half-hidden cats (the cameratrapai ocelot), and a trap that drops a le
 than no filter. For a burst (:meth:`Pipeline.analyse_burst`) an optional motion gate first
 compares each frame with the pre-trigger frame and skips inference where nothing changed.
 
+A frame the policy would discard (every raw score below ``detector.second_look_below``) can
+get a second look (:mod:`edge_app.trap.detect.second_look`): tiles at full resolution, a
+stretched infrared copy, a second detector. It only adds boxes, so it can keep a frame, never
+drop one, and it costs nothing on frames already kept.
+
 Site adaptation (issue 6): when a site head (``detector.head``, else the one the active signed
 pack ships: :func:`pack_head`) or the self-learned background is on, the frame is also embedded
 once (:mod:`edge_app.trap.detect.embed`), on the frame already decoded for the detector and,
@@ -76,6 +81,15 @@ from edge_app.trap.detect.preprocess import (
     image_from_pixels,
 )
 from edge_app.trap.detect.runtime import TensorInfo, TfliteModel
+from edge_app.trap.detect.second_look import (
+    Found,
+    Outcome,
+    SecondLook,
+    Settings,
+    extend,
+    needed,
+    tile_fraction,
+)
 from edge_app.trap.detect.site_head import SiteHead, load_head
 from edge_app.trap.detect.species import SpeciesRule, evidence, evidence_indices, judge
 from edge_app.trap.packs.manifest import MAX_MANIFEST_BYTES, parse_manifest
@@ -359,6 +373,8 @@ class _Prepared:
     geometry: Geometry
     decode_ms: float
     letterbox_ms: float
+    source: bytes | Path | NDArray[np.uint8] | None = None
+    """What was decoded: the second look's tiles decode it again at a larger scale."""
 
 
 class Pipeline:
@@ -429,6 +445,16 @@ class Pipeline:
         self._buffer = DecodeBuffer()
         self._whole: tuple[tuple[int, int], NDArray[np.uint8]] | None = None
         self.thresholds = Thresholds.resolve(cfg, det.classes)
+        self._vote: tuple[LoadedModel, DetectorHead, Letterboxer] | None = None
+        self.second: SecondLook | None = None
+        """The second look (issue 13), None when no ``detector.second_look_*`` is on."""
+        self.last_second_look: Outcome | None = None
+        """What the second look did on the last frame (``bench`` and ``eval`` read it)."""
+        try:
+            self._load_second_look(cfg, models_dir)
+        except ModelError:
+            self.close()
+            raise
 
     def apply(self, cfg: DetectorConfig) -> None:
         """Use changed settings from the next frame on (the settings service calls this).
@@ -497,6 +523,9 @@ class Pipeline:
         self._det.model.close()
         if self._clf is not None:
             self._clf.model.close()
+        vote = getattr(self, "_vote", None)
+        if vote is not None:
+            vote[0].model.close()
         if getattr(self, "_embedder", None) is not None:
             assert self._embedder is not None
             self._embedder.close()
@@ -547,7 +576,7 @@ class Pipeline:
             log.warning("%s: truncated image, decoded the part that is there", name)
         geom = self._letterbox(decoded.image)
         t2 = time.perf_counter()
-        return _Prepared(decoded, geom, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+        return _Prepared(decoded, geom, (t1 - t0) * 1e3, (t2 - t1) * 1e3, image)
 
     def infer(self, prep: _Prepared) -> FrameResult:
         cfg = self.cfg
@@ -623,7 +652,7 @@ class Pipeline:
             stages["head"] = site.head_ms
             stages["background"] = (t5 - t4) * 1e3 - site.embed_ms - site.head_ms
             timings["embed"] = (t5 - t4) * 1e3
-        return FrameResult(
+        result = FrameResult(
             label=label,
             species=species,
             score=score,
@@ -637,6 +666,98 @@ class Pipeline:
             background_known=None if site is None else site.background_known,
             embedding=None if site is None else site.embedding,
         )
+        self.last_second_look = None
+        if self.second is not None and needed(list(result.max_scores.values()),
+                                              cfg.second_look_below):
+            result = self._second_pass(prep, result)
+        return result
+
+    # -- the second look (edge_app/trap/detect/second_look.py) ---------------------------
+
+    def _load_second_look(self, cfg: DetectorConfig, models_dir: Path) -> None:
+        looks = tuple(name for name, on in (("ir", cfg.second_look_ir),
+                                            ("detector", bool(cfg.second_look_detector)),
+                                            ("tiles", cfg.second_look_tiles)) if on)
+        if not looks:
+            return
+        vote = None
+        if cfg.second_look_detector:
+            m = load_model(cfg.second_look_detector, models_dir, cfg.num_threads, "detector")
+            head = DETECTOR_HEADS.get(m.card.output.format)
+            try:
+                if head is None:
+                    raise ModelError(str(m.card.path), f"output format "
+                                     f"{m.card.output.format!r} has no detector head")
+                head.check(m)
+            except ModelError:
+                m.model.close()
+                raise
+            spec = m.card.input
+            self._vote = (m, head, Letterboxer(spec.width, spec.height, spec.resize,
+                                               spec.pad_value))
+            vote = self._run_vote
+        settings = Settings(looks, cfg.second_look_threshold, 2, cfg.second_look_overlap,
+                            cfg.second_look_ir_saturation)
+        self.second = SecondLook(settings, self._run_detector, vote)
+
+    def _boxes_on(self, m: LoadedModel, head: DetectorHead, box: Letterboxer,
+                  image: Image.Image) -> list[Found]:
+        """One detector pass on ``image`` at the second look's threshold."""
+        per_class = Thresholds.resolve(self.cfg, m.classes).per_class
+        per_class = np.maximum(per_class, np.float32(self.cfg.second_look_threshold))
+        geom = box(image)
+        m.model.set_image(box.buffer, bgr=m.card.input.colour_order == "BGR")
+        raw = m.model.invoke_raw()
+        finite = per_class[np.isfinite(per_class)]
+        conf = float(finite.min()) if finite.size else self.cfg.second_look_threshold
+        dec = head.decode(raw, m, conf, self.cfg.iou_threshold, MAX_DETECTIONS, per_class)
+        norm = geom.to_normalised(dec.boxes)
+        out = []
+        for k in range(dec.scores.shape[0]):
+            c = int(dec.class_ids[k])
+            out.append(Found(int(m.classes.category_of[c]), float(dec.scores[k]),
+                             (float(norm[k, 0]), float(norm[k, 1]), float(norm[k, 2]),
+                              float(norm[k, 3])), m.classes.names[c], ""))
+        return out
+
+    def _run_detector(self, image: Image.Image) -> list[Found]:
+        return self._boxes_on(self._det, self._head, self._letterbox, image)
+
+    def _run_vote(self, image: Image.Image) -> list[Found]:
+        assert self._vote is not None
+        return self._boxes_on(*self._vote, image)
+
+    def _full_frame(self, prep: _Prepared) -> Image.Image:
+        """The frame at the scale where a 2×2 window fills the detector input."""
+        decoded = prep.decoded
+        src = prep.source
+        if src is None or decoded.image.size == decoded.original_size:
+            return decoded.image
+        assert self.second is not None
+        frac = tile_fraction(self.second.settings.grid, self.second.settings.overlap)
+        spec = self._det.card.input
+        target = (math.ceil(spec.width / frac), math.ceil(spec.height / frac))
+        if isinstance(src, np.ndarray):
+            return image_from_pixels(src, target, "letterbox",
+                                     max_pixels=self.cfg.max_pixels).image
+        return decode_image(src, target, "letterbox", None, max_pixels=self.cfg.max_pixels).image
+
+    def _second_pass(self, prep: _Prepared, result: FrameResult) -> FrameResult:
+        """Look again at a frame the first pass would let go; name species in what it finds."""
+        assert self.second is not None
+        image = prep.decoded.image
+        out = self.second.look(image, lambda: self._full_frame(prep))
+        self.last_second_look = out
+        t0 = time.perf_counter()
+        found: list[Detection] = []
+        for i, f in enumerate(out.found[:MAX_DETECTIONS]):
+            b = _Box(f.category, f.conf, f.bbox, f.cls)
+            if self._clf is not None and f.category == _ANIMAL and i < MAX_CLASSIFIED:
+                v = self._classify(image, f.bbox, self.thresholds.species)
+                if v.species is not None:
+                    b.species, b.species_conf = v.species, v.conf
+            found.append(b.freeze())
+        return extend(result, found, out.ms + (time.perf_counter() - t0) * 1e3)
 
     def _site(self, image: Image.Image) -> _Site | None:
         """The frame embedding, once, and what the head and the background make of it."""

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from edge_app.tools import data_budget_figures as df
+from edge_app.tools.cli_args import finite
 
 DAYS_PER_MONTH = 30.4
 POLICIES = ("always", "on-demand", "windows")
@@ -344,35 +345,23 @@ def measure(host: str, port: int, ca_file: str, user: str, password: str,
 
 # -- CLI ----------------------------------------------------------------------------------
 
-def _finite(lo: float, hi: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(v) or not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be a finite number in {lo:g}..{hi:g}, "
-                                             f"got {text!r}")
-        return v
-    return parse
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = Inputs()
-    parser.add_argument("--triggers-per-day", type=_finite(0, 1e5), default=d.triggers_per_day)
-    parser.add_argument("--kept-fraction", type=_finite(0, 1), default=d.kept_fraction,
+    parser.add_argument("--triggers-per-day", type=finite(0, 1e5), default=d.triggers_per_day)
+    parser.add_argument("--kept-fraction", type=finite(0, 1), default=d.kept_fraction,
                         help="share of triggers that become events (alert + thumbnail + image)")
-    parser.add_argument("--thumb-kb", type=_finite(0, 1e4), default=d.thumb_kb)
-    parser.add_argument("--image-kb", type=_finite(0, 1e5), default=d.image_kb)
-    parser.add_argument("--keepalive-s", type=_finite(5, 65535), default=d.keepalive_s)
+    parser.add_argument("--thumb-kb", type=finite(0, 1e4), default=d.thumb_kb)
+    parser.add_argument("--image-kb", type=finite(0, 1e5), default=d.image_kb)
+    parser.add_argument("--keepalive-s", type=finite(5, 65535), default=d.keepalive_s)
     parser.add_argument("--policy", choices=["all", *POLICIES], default="all")
-    parser.add_argument("--plan-mb", type=_finite(0, 1e7), default=d.plan_mb,
+    parser.add_argument("--plan-mb", type=finite(0, 1e7), default=d.plan_mb,
                         help="the SIM's monthly plan (0 = none)")
-    parser.add_argument("--status-every-s", type=_finite(0, 7 * 86400),
+    parser.add_argument("--status-every-s", type=finite(0, 7 * 86400),
                         default=d.status_every_s, help="on-demand: scheduled connect interval")
-    parser.add_argument("--idle-disconnect-s", type=_finite(5, 86400),
+    parser.add_argument("--idle-disconnect-s", type=finite(5, 86400),
                         default=d.idle_disconnect_s)
-    parser.add_argument("--window-h", type=_finite(0, 24), default=d.window_h,
+    parser.add_argument("--window-h", type=finite(0, 24), default=d.window_h,
                         help="windows: hours a day inside the windows")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object")

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from edge_app.core.config import CameraConfig, PowerConfig, TriggerConfig
 from edge_app.tools import power_figures as pf
+from edge_app.tools.cli_args import finite
 from edge_app.trap.hardware.ir import ir_on_s_per_trigger
 
 MODES = ("always-on", "gated", "hybrid")
@@ -722,19 +723,6 @@ def render_markdown(r: BudgetResult, figs: Figures | None = None) -> str:
 # -- CLI ----------------------------------------------------------------------------------------
 
 
-def _finite(lo: float, hi: float) -> Any:
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(v) or not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be a finite number in {lo:g}..{hi:g}, "
-                                             f"got {text!r}")
-        return v
-    return parse
-
-
 def _month(text: str) -> int | None:
     if text == "all":
         return None
@@ -767,18 +755,18 @@ def _cold(text: str) -> tuple[int, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = BudgetInputs()
-    parser.add_argument("--battery-wh", type=_finite(0.1, 1e6), default=d.battery_wh,
+    parser.add_argument("--battery-wh", type=finite(0.1, 1e6), default=d.battery_wh,
                         help="battery energy, nominal Wh (default %(default)g: 12 V 20 Ah)")
     parser.add_argument("--chemistry", choices=sorted(pf.CHEMISTRIES), default=d.chemistry,
                         help="usable depth of discharge, −30 °C capacity, self-discharge")
-    parser.add_argument("--triggers-per-day", type=_finite(0, 1e5), default=d.triggers_per_day)
+    parser.add_argument("--triggers-per-day", type=finite(0, 1e5), default=d.triggers_per_day)
     parser.add_argument("--board", choices=list(pf.BOARDS), default=d.board)
     parser.add_argument("--modem", choices=list(pf.MODEMS), default=d.modem)
-    parser.add_argument("--ir-night-fraction", type=_finite(0, 1), default=d.ir_night_fraction,
+    parser.add_argument("--ir-night-fraction", type=finite(0, 1), default=d.ir_night_fraction,
                         help="share of triggers at night, needing the IR illuminator")
-    parser.add_argument("--solar-w", type=_finite(0, 1e4), default=d.solar_w,
+    parser.add_argument("--solar-w", type=finite(0, 1e4), default=d.solar_w,
                         help="panel watts (STC); 0 = no panel")
-    parser.add_argument("--lat", type=_finite(-66, 66), default=d.lat,
+    parser.add_argument("--lat", type=finite(-66, 66), default=d.lat,
                         help="latitude for the panel's yield (default %(default)g: Land of "
                         "the Leopard)")
     parser.add_argument("--month", type=_month, default=None, metavar="{1..12,all}",

@@ -449,11 +449,18 @@ def test_disk_full_keeps_alerts_prunes_images_reports_disk_low(
         try:
             with Ranger(broker.port, tmp_path / "ranger", "ranger-disk") as ranger:
                 wait_until(lambda: len(alerts_decided(db)) >= 2, 60, "the first alerts", log)
-                # Something else fills the card to the last byte (a log gone wild).
-                with (card / "filler").open("wb") as f, contextlib.suppress(OSError):
-                    while True:
-                        f.write(b"\0" * 65536)
-                        f.flush()
+                # Something else fills the card to the last byte (a log gone wild), once:
+                # the trap is paused meanwhile, or on a loaded machine the filler also eats
+                # the reserve the trap gives up at its first failed write, and that race is
+                # not the scenario (nothing on the card can defend against it).
+                os.kill(proc.pid, signal.SIGSTOP)
+                try:
+                    with (card / "filler").open("wb") as f, contextlib.suppress(OSError):
+                        while True:
+                            f.write(b"\0" * 65536)
+                            f.flush()
+                finally:
+                    os.kill(proc.pid, signal.SIGCONT)
                 before = len(alerts_decided(db))
                 # The card really runs out: a write fails with ENOSPC, and the trap copes.
                 wait_until(lambda: log_has(log, "card full while writing"), 30,

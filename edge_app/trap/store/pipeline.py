@@ -329,8 +329,11 @@ class EventStore:
                 with transaction(self._conn):
                     return fn()
             except sqlite3.Error as e:
-                if attempt == 1 and _is_full(e) and self._make_room(force=True):
-                    continue
+                if attempt == 1 and _is_full(e):
+                    # The same words as a media file's ENOSPC: one line to grep for.
+                    logger.warning("card full while writing %s: pruning", self.db_path.name)
+                    if self._make_room(force=True):
+                        continue
                 raise StorageError(f"cannot write {self.db_path}: {e}") from e
         raise AssertionError("unreachable")  # pragma: no cover
 

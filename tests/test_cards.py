@@ -29,7 +29,8 @@ from edge_app.trap.detect.cards import (
     sha256_file,
     verify_model_file,
 )
-from edge_app.trap.detect.pipeline import DETECTOR_HEADS, Pipeline
+from edge_app.trap.detect.heads import DETECTOR_HEADS
+from edge_app.trap.detect.pipeline import Pipeline
 
 CARDS = sorted(p.stem for p in PACKAGED_CARDS.glob("*.toml"))
 YOLO = "yolov8n_coco_int8_640"
@@ -284,7 +285,7 @@ def test_card_input_size_must_match_model(tmp_path: Path, models_dir: Path) -> N
 
 
 def test_a_site_head_comes_from_the_active_pack_when_it_carries_one(tmp_path: Path) -> None:
-    from edge_app.trap.detect.pipeline import head_path
+    from edge_app.trap.detect.site_votes import head_path
 
     models = tmp_path / "models"
     (models / "packs" / "v2").mkdir(parents=True)

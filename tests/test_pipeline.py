@@ -17,7 +17,9 @@ from edge_app.core.config import DetectorConfig, PolicyConfig, ThresholdsConfig
 from edge_app.core.errors import ModelError
 from edge_app.core.events import Frame, FrameResult
 from edge_app.trap.detect.cards import FORMATS, REPO_MODELS, load_card, parse_card
-from edge_app.trap.detect.pipeline import DETECTOR_HEADS, Pipeline, load_model
+from edge_app.trap.detect.heads import DETECTOR_HEADS
+from edge_app.trap.detect.loader import load_model
+from edge_app.trap.detect.pipeline import Pipeline
 from edge_app.trap.detect.policy import decide
 from edge_app.trap.detect.preprocess import DecodeBuffer, changed_fraction, decode_image
 

@@ -30,8 +30,9 @@ from edge_app.station.store import DB_NAME, SCHEMA_VERSION, RangerStore, StoredE
 from edge_app.tools import pack_build
 from edge_app.tools.head_training import read_label_csv
 from edge_app.trap.detect.cards import sha256_file
-from edge_app.trap.detect.pipeline import Pipeline, pack_head
+from edge_app.trap.detect.pipeline import Pipeline
 from edge_app.trap.detect.site_head import SiteHead, save_head
+from edge_app.trap.detect.site_votes import pack_head
 from edge_app.trap.packs import install as packs
 from edge_app.trap.packs.manifest import decode_public_key
 from edge_app.trap.packs.remote import EXIT_RESTART, pack_state

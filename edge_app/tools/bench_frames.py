@@ -34,7 +34,7 @@ def alloc_peak_kb(p: Any, images: list[tuple[str, Any]]) -> float:
 
 def classifier_passes(r: FrameResult) -> int:
     """How many classifier passes a frame result needed (crops, or the whole frame)."""
-    from edge_app.trap.detect.pipeline import MAX_CLASSIFIED
+    from edge_app.trap.detect.heads import MAX_CLASSIFIED
 
     if not r.detections:
         return 1  # the whole-frame pass ran and found nothing

@@ -128,8 +128,8 @@ def verify_card(card: Any, models_dir: Path) -> str:
 
     from edge_app.core.errors import ModelError
     from edge_app.trap.detect.cards import verify_model_file
+    from edge_app.trap.detect.heads import DETECTOR_HEADS, check_classifier
     from edge_app.trap.detect.loader import load_model
-    from edge_app.trap.detect.pipeline import DETECTOR_HEADS, _check_classifier
 
     verify_model_file(card, models_dir)  # first: a wrong file must not even be loaded
     m = load_model(card.name, models_dir, 1, card.task)
@@ -140,7 +140,7 @@ def verify_card(card: Any, models_dir: Path) -> str:
                 raise ModelError(str(card.path), f"no detector head for {card.output.format}")
             head.check(m)
         elif card.task == "classifier":
-            _check_classifier(m)
+            check_classifier(m)
         else:
             size = math.prod(m.model.outputs[0].shape)
             if len(m.model.outputs) != 1 or size != card.output.params["dims"]:

@@ -57,8 +57,8 @@ from edge_app.trap.detect.cards import (
     load_labels,
     verify_model_file,
 )
-from edge_app.trap.detect.pipeline import head_path
 from edge_app.trap.detect.site_head import load_head
+from edge_app.trap.detect.site_votes import head_path
 from edge_app.trap.hardware.factory import make_camera
 
 PROBE_PREFIX = ".camtrap-probe-"

@@ -206,7 +206,7 @@ FORMATS: dict[str, FormatSpec] = {
 }
 """Known output formats. Adding one is an entry here, a pure decoder in
 :mod:`edge_app.trap.detect.decoders` and a head in
-:data:`edge_app.trap.detect.pipeline.DETECTOR_HEADS`."""
+:data:`edge_app.trap.detect.heads.DETECTOR_HEADS`."""
 
 
 @dataclass(frozen=True, slots=True)

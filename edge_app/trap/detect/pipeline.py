@@ -26,9 +26,10 @@ Thresholds are per camtrap category and species (``[detector.thresholds]``): the
 candidates above the lowest of them and each box must clear its own category's; a species is
 named only above its own threshold.
 
-Everything model-specific comes from the cards (:mod:`edge_app.trap.detect.cards`); the detector's
-output format selects a *head* from :data:`DETECTOR_HEADS`, so a new format is one entry
-there plus its decoder.
+Everything model-specific comes from the cards (:mod:`edge_app.trap.detect.cards`); the
+detector's output format selects a *head* (:mod:`edge_app.trap.detect.heads`). The second
+look's wiring lives in :mod:`edge_app.trap.detect.second_pass`, the embedding-based votes in
+:mod:`edge_app.trap.detect.site_votes`.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -60,237 +61,35 @@ from edge_app.core.events import (
 # The models-folder search moved to core (every command shares it); re-exported for callers
 # that import it from here.
 from edge_app.core.models_dir import resolve_models_dir as resolve_models_dir
-from edge_app.trap.detect import decoders
-from edge_app.trap.detect.cards import (
-    ACTIVE_PACK,
-    PACK_MANIFEST,
-    ClassMap,
-    ModelCard,
-    file_in,
-)
-from edge_app.trap.detect.decoders import Decoded, Quant
+from edge_app.trap.detect.cards import ModelCard
+from edge_app.trap.detect.crop_classifier import CropClassifier
 from edge_app.trap.detect.embed import Embedder
-from edge_app.trap.detect.loader import LoadedModel, load_model
+from edge_app.trap.detect.heads import (
+    MAX_CLASSIFIED,
+    MAX_DETECTIONS,
+    Thresholds,
+    load_detector,
+)
 from edge_app.trap.detect.preprocess import (
     DecodeBuffer,
-    DecodedImage,
-    Geometry,
     Letterboxer,
+    Prepared,
     crop_resized,
     decode_image,
     image_from_pixels,
 )
-from edge_app.trap.detect.runtime import TensorInfo, TfliteModel
-from edge_app.trap.detect.second_look import (
-    Found,
-    Outcome,
-    SecondLook,
-    Settings,
-    extend,
-    needed,
-    tile_fraction,
-)
-from edge_app.trap.detect.site_head import SiteHead, load_head
-from edge_app.trap.detect.species import SpeciesRule, evidence, evidence_indices, judge
-from edge_app.trap.packs.manifest import MAX_MANIFEST_BYTES, parse_manifest
+from edge_app.trap.detect.runtime import TfliteModel
+from edge_app.trap.detect.second_look import Outcome, needed
+from edge_app.trap.detect.second_pass import SecondPass
+from edge_app.trap.detect.site_head import SiteHead
+from edge_app.trap.detect.site_votes import SiteVotes
 
 if TYPE_CHECKING:
     from edge_app.trap.detect.background import BackgroundMemory
 
 log = logging.getLogger(__name__)
 
-MAX_DETECTIONS = 20
-"""Boxes kept per frame after NMS; a camera-trap frame with more is a herd, 20 tell the story."""
-MAX_CLASSIFIED = 3
-"""Animal boxes per frame that get a classifier pass (best first): bounds the worst case to
-~3 × 3 ms on x86, ~3 × 40 ms on a Pi Zero 2 W."""
-
 _ANIMAL = CATEGORIES.index("animal")
-
-
-# --------------------------------------------------------------------------- models
-
-
-def quant_of(t: TensorInfo) -> Quant:
-    """The (scale, zero point) a decoder needs, or None for a float tensor."""
-    return (t.scale, t.zero_point) if t.quantised else None
-
-
-@dataclass(frozen=True, slots=True)
-class DetectorHead:
-    """How to check and decode one detector output format.
-
-    Attributes:
-        check: raises ModelError when the model's outputs do not fit the format and labels.
-        decode: (raw outputs, loaded model, score threshold, IoU threshold, max boxes,
-            per-class thresholds) → :class:`~edge_app.trap.detect.decoders.Decoded`. The raw
-            outputs are in the tensors' own dtypes; the head passes each tensor's
-            quantisation to the decoder.
-    """
-
-    check: Callable[[LoadedModel], None]
-    decode: Callable[[list[NDArray[Any]], LoadedModel, float, float, int, NDArray[np.float32]],
-                     Decoded]
-
-
-def _shapes(m: LoadedModel) -> list[list[int]]:
-    return [list(t.shape) for t in m.model.outputs]
-
-
-def _box_scale(m: LoadedModel) -> tuple[float, float]:
-    """Input pixels per output unit: (w, h) for normalised coordinates, else (1, 1)."""
-    w, h = m.model.input_size
-    if m.card.output.params.get("coords", "normalised") == "normalised":
-        return float(w), float(h)
-    return 1.0, 1.0
-
-
-def _yolo_axis(m: LoadedModel, per_anchor: int) -> int:
-    """Which axis of the single ``[1, a, b]`` output holds the ``per_anchor`` values."""
-    outs = m.model.outputs
-    n = len(m.labels)
-    fmt = m.card.output.format
-    if len(outs) == 1 and len(outs[0].shape) == 3:
-        shape = outs[0].shape
-        if shape[1] == per_anchor and shape[2] != per_anchor:
-            return 1
-        if shape[2] == per_anchor:
-            return 2
-    raise ModelError(str(m.model.path), f"{fmt} format needs one output with {per_anchor} "
-                     f"values per anchor ({n} labels in {m.card.labels}), found {_shapes(m)}")
-
-
-def _check_yolov8(m: LoadedModel) -> None:
-    _yolo_axis(m, 4 + len(m.labels))
-
-
-def _decode_yolov8(outs: list[NDArray[Any]], m: LoadedModel, conf: float, iou: float,
-                   max_det: int, class_thr: NDArray[np.float32]) -> Decoded:
-    out = outs[0]
-    if _yolo_axis(m, 4 + len(m.labels)) == 2:  # [1, N, 4+C] export: a view, not a copy
-        out = out.transpose(0, 2, 1)
-    mapped = m.classes.mapped_classes
-    q = quant_of(m.model.outputs[0])
-    boxes, scores, class_ids = decoders.decode_yolov8(
-        out, conf, iou, max_det, classes=mapped, nms_groups=m.classes.category_of,
-        box_scale=_box_scale(m), quant=q, class_thresholds=class_thr)
-    class_max = np.zeros(len(m.labels), np.float32)
-    class_max[mapped] = decoders.yolov8_class_max(out, mapped, q)
-    return Decoded(boxes, scores, class_ids, class_max)
-
-
-def _check_yolov5(m: LoadedModel) -> None:
-    _yolo_axis(m, 5 + len(m.labels))
-
-
-def _decode_yolov5(outs: list[NDArray[Any]], m: LoadedModel, conf: float, iou: float,
-                   max_det: int, class_thr: NDArray[np.float32]) -> Decoded:
-    out = outs[0]
-    if _yolo_axis(m, 5 + len(m.labels)) == 1:  # [1, 5+C, N] export
-        out = out.transpose(0, 2, 1)
-    return decoders.decode_yolov5(
-        out, conf, iou, max_det, classes=m.classes.mapped_classes,
-        nms_groups=m.classes.category_of, box_scale=_box_scale(m),
-        quant=quant_of(m.model.outputs[0]), class_thresholds=class_thr)
-
-
-def _check_yolov10(m: LoadedModel) -> None:
-    outs = m.model.outputs
-    if len(outs) != 1 or len(outs[0].shape) != 3 or outs[0].shape[2] != 6:
-        raise ModelError(str(m.model.path), f"yolov10 format needs one output [1, K, 6], "
-                         f"found {_shapes(m)}")
-
-
-def _decode_yolov10(outs: list[NDArray[Any]], m: LoadedModel, conf: float, iou: float,
-                    max_det: int, class_thr: NDArray[np.float32]) -> Decoded:
-    return decoders.decode_yolov10(
-        outs[0], conf, iou, max_det, classes=m.classes.mapped_classes,
-        n_classes=len(m.labels), nms_groups=m.classes.category_of, box_scale=_box_scale(m),
-        quant=quant_of(m.model.outputs[0]), class_thresholds=class_thr)
-
-
-def _roles(m: LoadedModel) -> dict[str, int]:
-    """Output role → output index, from the card's ``outputs`` list."""
-    roles = list(m.card.output.params["outputs"])
-    return {r: i for i, r in enumerate(roles)}
-
-
-def _check_ssd(m: LoadedModel) -> None:
-    outs = m.model.outputs
-    n = len(m.labels)
-    fail = ModelError(str(m.model.path), f"ssd_raw_anchors format needs 3 outputs: scores "
-                      f"[1, N, {n}] ({n} labels in {m.card.labels}), boxes [1, N, 4], anchors "
-                      f"[1, N, 4] in the order of the card's outputs, found {_shapes(m)}")
-    if len(outs) != 3:
-        raise fail
-    r = _roles(m)
-    sc, bx, an = (outs[r[k]].shape for k in ("scores", "boxes", "anchors"))
-    if (len(sc) != 3 or sc[2] != n or bx != an or len(bx) != 3 or bx[2] != 4
-            or bx[1] != sc[1]):
-        raise fail
-
-
-def _decode_ssd(outs: list[NDArray[Any]], m: LoadedModel, conf: float, iou: float,
-                max_det: int, class_thr: NDArray[np.float32]) -> Decoded:
-    r = _roles(m)
-    p = m.card.output.params
-    t = m.model.outputs
-    return decoders.decode_ssd_raw(
-        outs[r["scores"]], outs[r["boxes"]], outs[r["anchors"]], conf, iou, max_det,
-        classes=m.classes.mapped_classes, encoding=p["encoding"],
-        variances=cast(tuple[float, float, float, float], tuple(p["variances"])),
-        order=p["order"], activation=p["activation"], nms_groups=m.classes.category_of,
-        box_scale=_box_scale(m),
-        quants=(quant_of(t[r["scores"]]), quant_of(t[r["boxes"]]), quant_of(t[r["anchors"]])),
-        class_thresholds=class_thr)
-
-
-def _check_postprocess(m: LoadedModel) -> None:
-    outs = m.model.outputs
-    fail = ModelError(str(m.model.path), "tflite_postprocess format needs 4 outputs: boxes "
-                      "[1, K, 4], classes [1, K], scores [1, K], count [1] in the order of "
-                      f"the card's outputs, found {_shapes(m)}")
-    if len(outs) != 4:
-        raise fail
-    r = _roles(m)
-    bx, cl, sc, ct = (outs[r[k]].shape for k in ("boxes", "classes", "scores", "count"))
-    if len(bx) != 3 or bx[2] != 4 or cl != sc or cl != bx[:2] or math.prod(ct) != 1:
-        raise fail
-
-
-def _decode_postprocess(outs: list[NDArray[Any]], m: LoadedModel, conf: float, iou: float,
-                        max_det: int, class_thr: NDArray[np.float32]) -> Decoded:
-    r = _roles(m)
-    t = m.model.outputs
-    real = [decoders.dequantise(outs[i], quant_of(t[i])) for i in range(len(outs))]
-    return decoders.decode_tflite_postprocess(
-        real[r["boxes"]], real[r["classes"]], real[r["scores"]], real[r["count"]], conf, iou,
-        max_det, classes=m.classes.mapped_classes, n_classes=len(m.labels),
-        label_offset=int(m.card.output.params["label_offset"]),
-        nms_groups=m.classes.category_of, box_scale=_box_scale(m), class_thresholds=class_thr)
-
-
-DETECTOR_HEADS: dict[str, DetectorHead] = {
-    "yolov8": DetectorHead(_check_yolov8, _decode_yolov8),
-    "yolov5": DetectorHead(_check_yolov5, _decode_yolov5),
-    "yolov10": DetectorHead(_check_yolov10, _decode_yolov10),
-    "ssd_raw_anchors": DetectorHead(_check_ssd, _decode_ssd),
-    "tflite_postprocess": DetectorHead(_check_postprocess, _decode_postprocess),
-}
-"""Output format → head. Every detector format of :data:`~edge_app.trap.detect.cards.FORMATS`
-has one (a test checks it)."""
-
-
-def _check_classifier(m: LoadedModel) -> None:
-    outs = m.model.outputs
-    n = len(m.labels)
-    if len(outs) != 1 or math.prod(outs[0].shape) != n:
-        shapes = [list(t.shape) for t in outs]
-        raise ModelError(str(m.model.path), f"classifier format needs one output of {n} scores "
-                         f"({n} labels in {m.card.labels}), found {shapes}")
-
-
-# --------------------------------------------------------------------------- pipeline
 
 
 @dataclass(slots=True)
@@ -307,74 +106,6 @@ class _Box:
     def freeze(self) -> Detection:
         return Detection(CATEGORIES[self.category], self.conf, self.bbox, self.cls,
                          self.species, self.species_conf)
-
-
-@dataclass(slots=True)
-class _Species:
-    """The best species verdict of one classifier pass."""
-
-    species: Species | None
-    conf: float
-    sums: NDArray[np.float32]
-    top_class: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """Resolved thresholds: per camtrap category/species and per detector class.
-
-    Attributes:
-        category: per category (CATEGORIES order), ``detector.thresholds.<c>`` or
-            ``detector.score_threshold``.
-        species: per species (SPECIES order), ``detector.thresholds.<s>`` or
-            ``detector.species_threshold``.
-        per_class: per detector class, the threshold of its category (inf if unmapped).
-        decode: the lowest of them: what the decoder keeps as candidates.
-    """
-
-    category: NDArray[np.float32]
-    species: NDArray[np.float32]
-    per_class: NDArray[np.float32]
-    decode: float
-
-    @classmethod
-    def resolve(cls, cfg: DetectorConfig, classes: ClassMap) -> Thresholds:
-        """Fill the per-category/species defaults in and map them onto the classes."""
-        th = cfg.thresholds
-        category = np.array([getattr(th, c) or cfg.score_threshold for c in CATEGORIES],
-                            np.float32)
-        species = np.array([getattr(th, s) or cfg.species_threshold for s in SPECIES],
-                           np.float32)
-        per_class = np.full(len(classes.names), np.inf, np.float32)
-        mapped = classes.category_of >= 0
-        per_class[mapped] = category[classes.category_of[mapped]]
-        decode = float(per_class[mapped].min()) if mapped.any() else cfg.score_threshold
-        return cls(category, species, per_class, decode)
-
-
-@dataclass(slots=True)
-class _Site:
-    """What the embedding-based stages made of one frame."""
-
-    embedding: NDArray[np.float32]
-    embed_ms: float
-    head_ms: float = 0.0
-    empty_prob: float | None = None
-    head_empty: bool | None = None
-    background_sim: float | None = None
-    background_known: bool | None = None
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """A decoded frame, letterboxed; valid until the next frame is decoded."""
-
-    decoded: DecodedImage
-    geometry: Geometry
-    decode_ms: float
-    letterbox_ms: float
-    source: bytes | Path | NDArray[np.uint8] | None = None
-    """What was decoded: the second look's tiles decode it again at a larger scale."""
 
 
 class Pipeline:
@@ -402,59 +133,30 @@ class Pipeline:
         self.cfg = cfg
         self.models_dir = models_dir
         t0 = time.perf_counter()
-        det = load_model(cfg.detector, models_dir, cfg.num_threads, "detector")
-        head = DETECTOR_HEADS.get(det.card.output.format)
-        try:
-            if head is None:
-                raise ModelError(str(det.card.path), f"output format "
-                                 f"{det.card.output.format!r} has no detector head (known: "
-                                 f"{', '.join(DETECTOR_HEADS)})")
-            head.check(det)
-        except ModelError:
-            det.model.close()
-            raise
+        det, head = load_detector(cfg.detector, models_dir, cfg.num_threads)
         self._det = det
         self._head = head
-        self._clf: LoadedModel | None = None
-        self._cat_groups: dict[str, NDArray[np.intp]] = {}
-        if cfg.classifier:
-            clf = load_model(cfg.classifier, models_dir, cfg.num_threads, "classifier")
-            try:
-                _check_classifier(clf)
-            except ModelError:
-                clf.model.close()
-                det.model.close()
-                raise
-            self._clf = clf
-            self._cat_groups = evidence_indices(clf.classes.names)
-        self._embedder: Embedder | None = None
-        self.head: SiteHead | None = None
-        self.background = background
-        """The self-learned background; the daemon sets it once the embedder is known."""
-        shipped = "" if cfg.head else pack_head(models_dir)
-        if cfg.head or shipped or embed or background is not None:
-            try:
-                self._load_embedding(cfg, models_dir, shipped)
-            except ModelError:
-                self.close()
-                raise
-        self.load_ms = (time.perf_counter() - t0) * 1e3
-        """Time to verify, load and warm up the models (``bench`` reports it)."""
+        self._clf: CropClassifier | None = None
+        self.site: SiteVotes | None = None
+        self.second: SecondPass | None = None
+        """The second look (issue 13), None when no ``detector.second_look_*`` is on."""
         spec = det.card.input
         self._letterbox = Letterboxer(spec.width, spec.height, spec.resize, spec.pad_value)
-        self._buffer = DecodeBuffer()
-        self._whole: tuple[tuple[int, int], NDArray[np.uint8]] | None = None
-        self.thresholds = Thresholds.resolve(cfg, det.classes)
-        self._vote: tuple[LoadedModel, DetectorHead, Letterboxer] | None = None
-        self.second: SecondLook | None = None
-        """The second look (issue 13), None when no ``detector.second_look_*`` is on."""
-        self.last_second_look: Outcome | None = None
-        """What the second look did on the last frame (``bench`` and ``eval`` read it)."""
         try:
-            self._load_second_look(cfg, models_dir)
+            if cfg.classifier:
+                self._clf = CropClassifier.load(cfg.classifier, models_dir, cfg.num_threads)
+            self.site = SiteVotes(cfg, models_dir, embed=embed, background=background)
+            self.second = SecondPass.load(cfg, models_dir, (det, head, self._letterbox))
         except ModelError:
             self.close()
             raise
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        """Time to verify, load and warm up the models (``bench`` reports it)."""
+        self._buffer = DecodeBuffer()
+        self._whole: tuple[tuple[int, int], NDArray[np.uint8]] | None = None
+        self.thresholds = Thresholds.resolve(cfg, det.classes)
+        self.last_second_look: Outcome | None = None
+        """What the second look did on the last frame (``bench`` and ``eval`` read it)."""
 
     def apply(self, cfg: DetectorConfig) -> None:
         """Use changed settings from the next frame on (the settings service calls this).
@@ -465,32 +167,34 @@ class Pipeline:
         """
         self.thresholds = Thresholds.resolve(cfg, self._det.classes)
         self.cfg = cfg
+        if self.site is not None:
+            self.site.cfg = cfg
 
-    def _load_embedding(self, cfg: DetectorConfig, models_dir: Path, shipped: str) -> None:
-        """The embedder, and the head: ``detector.head``, else ``shipped`` (the active pack's)."""
-        if not cfg.embedder:
-            raise ModelError("detector.embedder", "the site head and the background need an "
-                             "embedding model card")
-        self._embedder = Embedder(cfg.embedder, models_dir, cfg.num_threads)
-        if cfg.head or shipped:
-            path = (head_path(cfg.head, models_dir) if cfg.head
-                    else models_dir / ACTIVE_PACK / shipped)
-            self.head = load_head(path, self._embedder.sha256, self._embedder.dims)
-            log.info("site head %s%s: threshold %.3f (%s)", self.head.path,
-                     "" if cfg.head else " (shipped in the active model pack)",
-                     self.head_threshold, "config" if cfg.head_threshold else "head file")
+    @property
+    def head(self) -> SiteHead | None:
+        """The site head in use (``detector.head`` or the active pack's), or None."""
+        return None if self.site is None else self.site.head
 
     @property
     def head_threshold(self) -> float:
         """P(empty) at or above which the head votes empty: config, else the head file's."""
-        if self.head is None:
-            return math.inf
-        return self.cfg.head_threshold or self.head.threshold
+        return math.inf if self.site is None else self.site.head_threshold
+
+    @property
+    def background(self) -> BackgroundMemory | None:
+        """The self-learned background, when on."""
+        return None if self.site is None else self.site.background
+
+    @background.setter
+    def background(self, value: BackgroundMemory | None) -> None:
+        # The daemon sets it once the embedder is known (the pipeline was built with embed).
+        assert self.site is not None
+        self.site.background = value
 
     @property
     def embedder(self) -> Embedder | None:
         """The frame embedding model, when loaded."""
-        return self._embedder
+        return None if self.site is None else self.site.embedder
 
     @property
     def detector_card(self) -> ModelCard:
@@ -500,7 +204,7 @@ class Pipeline:
     @property
     def classifier_card(self) -> ModelCard | None:
         """The classifier's card, or None when there is no classifier."""
-        return None if self._clf is None else self._clf.card
+        return None if self._clf is None else self._clf.model.card
 
     @property
     def detector_model(self) -> TfliteModel:
@@ -510,7 +214,7 @@ class Pipeline:
     @property
     def classifier_model(self) -> TfliteModel | None:
         """The classifier's interpreter wrapper, or None."""
-        return None if self._clf is None else self._clf.model
+        return None if self._clf is None else self._clf.model.model
 
     def __enter__(self) -> Pipeline:
         return self
@@ -522,13 +226,11 @@ class Pipeline:
         """Release the interpreters."""
         self._det.model.close()
         if self._clf is not None:
-            self._clf.model.close()
-        vote = getattr(self, "_vote", None)
-        if vote is not None:
-            vote[0].model.close()
-        if getattr(self, "_embedder", None) is not None:
-            assert self._embedder is not None
-            self._embedder.close()
+            self._clf.close()
+        if self.second is not None:
+            self.second.close()
+        if self.site is not None:
+            self.site.close()
 
     # -- one frame ------------------------------------------------------------------------
 
@@ -551,13 +253,13 @@ class Pipeline:
             return self.infer(self.prepare_frame(image))
         return self.infer(self.prepare(image, image if isinstance(image, Path) else "frame"))
 
-    def prepare_frame(self, frame: Frame) -> _Prepared:
+    def prepare_frame(self, frame: Frame) -> Prepared:
         """:meth:`prepare` for a captured frame: its pixels when it has them (the live path),
         else its JPEG bytes."""
         src = frame.pixels if frame.pixels is not None else frame.jpeg
         return self.prepare(src, frame.name or f"frame {frame.index}")
 
-    def prepare(self, image: bytes | Path | NDArray[np.uint8], name: object) -> _Prepared:
+    def prepare(self, image: bytes | Path | NDArray[np.uint8], name: object) -> Prepared:
         """Decode (or, for an array, wrap and reduce) and letterbox one image.
 
         Raises:
@@ -576,9 +278,9 @@ class Pipeline:
             log.warning("%s: truncated image, decoded the part that is there", name)
         geom = self._letterbox(decoded.image)
         t2 = time.perf_counter()
-        return _Prepared(decoded, geom, (t1 - t0) * 1e3, (t2 - t1) * 1e3, image)
+        return Prepared(decoded, geom, (t1 - t0) * 1e3, (t2 - t1) * 1e3, image)
 
-    def infer(self, prep: _Prepared) -> FrameResult:
+    def infer(self, prep: Prepared) -> FrameResult:
         cfg = self.cfg
         det = self._det
         th = self.thresholds
@@ -611,13 +313,13 @@ class Pipeline:
         if self._clf is not None:
             animals = [b for b in boxes if b.category == _ANIMAL and b.species is None]
             for b in animals[:MAX_CLASSIFIED]:
-                v = self._classify(image, b.bbox, th.species)
+                v = self._clf.classify(image, b.bbox, th.species, cfg, self._whole_frame)
                 np.maximum(sp_max, v.sums, out=sp_max)
                 if v.species is not None:
                     b.species, b.species_conf = v.species, v.conf
             if not boxes:
                 whole = np.maximum(th.species, cfg.whole_frame_species_threshold)
-                v = self._classify(image, None, whole)
+                v = self._clf.classify(image, None, whole, cfg, self._whole_frame)
                 np.maximum(sp_max, v.sums, out=sp_max)
                 if v.species is not None:
                     # No box, but the classifier is sure a cat fills the frame: report it as
@@ -625,7 +327,7 @@ class Pipeline:
                     boxes.append(_Box(_ANIMAL, v.conf, (0.0, 0.0, 1.0, 1.0), v.top_class,
                                       v.species, v.conf))
         t4 = time.perf_counter()
-        site = self._site(image)
+        site = None if self.site is None else self.site.score(image, self._whole_frame)
         t5 = time.perf_counter()
 
         # max_scores ≥ every reported confidence (a whole-frame species verdict is an animal).
@@ -669,115 +371,17 @@ class Pipeline:
         self.last_second_look = None
         if self.second is not None and needed(list(result.max_scores.values()),
                                               cfg.second_look_below):
-            result = self._second_pass(prep, result)
+            result, self.last_second_look = self.second.run(cfg, prep, result, self._name)
         return result
 
-    # -- the second look (edge_app/trap/detect/second_look.py) ---------------------------
-
-    def _load_second_look(self, cfg: DetectorConfig, models_dir: Path) -> None:
-        looks = tuple(name for name, on in (("ir", cfg.second_look_ir),
-                                            ("detector", bool(cfg.second_look_detector)),
-                                            ("tiles", cfg.second_look_tiles)) if on)
-        if not looks:
-            return
-        vote = None
-        if cfg.second_look_detector:
-            m = load_model(cfg.second_look_detector, models_dir, cfg.num_threads, "detector")
-            head = DETECTOR_HEADS.get(m.card.output.format)
-            try:
-                if head is None:
-                    raise ModelError(str(m.card.path), f"output format "
-                                     f"{m.card.output.format!r} has no detector head")
-                head.check(m)
-            except ModelError:
-                m.model.close()
-                raise
-            spec = m.card.input
-            self._vote = (m, head, Letterboxer(spec.width, spec.height, spec.resize,
-                                               spec.pad_value))
-            vote = self._run_vote
-        settings = Settings(looks, cfg.second_look_threshold, 2, cfg.second_look_overlap,
-                            cfg.second_look_ir_saturation)
-        self.second = SecondLook(settings, self._run_detector, vote)
-
-    def _boxes_on(self, m: LoadedModel, head: DetectorHead, box: Letterboxer,
-                  image: Image.Image) -> list[Found]:
-        """One detector pass on ``image`` at the second look's threshold."""
-        per_class = Thresholds.resolve(self.cfg, m.classes).per_class
-        per_class = np.maximum(per_class, np.float32(self.cfg.second_look_threshold))
-        geom = box(image)
-        m.model.set_image(box.buffer, bgr=m.card.input.colour_order == "BGR")
-        raw = m.model.invoke_raw()
-        finite = per_class[np.isfinite(per_class)]
-        conf = float(finite.min()) if finite.size else self.cfg.second_look_threshold
-        dec = head.decode(raw, m, conf, self.cfg.iou_threshold, MAX_DETECTIONS, per_class)
-        norm = geom.to_normalised(dec.boxes)
-        out = []
-        for k in range(dec.scores.shape[0]):
-            c = int(dec.class_ids[k])
-            out.append(Found(int(m.classes.category_of[c]), float(dec.scores[k]),
-                             (float(norm[k, 0]), float(norm[k, 1]), float(norm[k, 2]),
-                              float(norm[k, 3])), m.classes.names[c], ""))
-        return out
-
-    def _run_detector(self, image: Image.Image) -> list[Found]:
-        return self._boxes_on(self._det, self._head, self._letterbox, image)
-
-    def _run_vote(self, image: Image.Image) -> list[Found]:
-        assert self._vote is not None
-        return self._boxes_on(*self._vote, image)
-
-    def _full_frame(self, prep: _Prepared) -> Image.Image:
-        """The frame at the scale where a 2×2 window fills the detector input."""
-        decoded = prep.decoded
-        src = prep.source
-        if src is None or decoded.image.size == decoded.original_size:
-            return decoded.image
-        assert self.second is not None
-        frac = tile_fraction(self.second.settings.grid, self.second.settings.overlap)
-        spec = self._det.card.input
-        target = (math.ceil(spec.width / frac), math.ceil(spec.height / frac))
-        if isinstance(src, np.ndarray):
-            return image_from_pixels(src, target, "letterbox",
-                                     max_pixels=self.cfg.max_pixels).image
-        return decode_image(src, target, "letterbox", None, max_pixels=self.cfg.max_pixels).image
-
-    def _second_pass(self, prep: _Prepared, result: FrameResult) -> FrameResult:
-        """Look again at a frame the first pass would let go; name species in what it finds."""
-        assert self.second is not None
-        image = prep.decoded.image
-        out = self.second.look(image, lambda: self._full_frame(prep))
-        self.last_second_look = out
-        t0 = time.perf_counter()
-        found: list[Detection] = []
-        for i, f in enumerate(out.found[:MAX_DETECTIONS]):
-            b = _Box(f.category, f.conf, f.bbox, f.cls)
-            if self._clf is not None and f.category == _ANIMAL and i < MAX_CLASSIFIED:
-                v = self._classify(image, f.bbox, self.thresholds.species)
-                if v.species is not None:
-                    b.species, b.species_conf = v.species, v.conf
-            found.append(b.freeze())
-        return extend(result, found, out.ms + (time.perf_counter() - t0) * 1e3)
-
-    def _site(self, image: Image.Image) -> _Site | None:
-        """The frame embedding, once, and what the head and the background make of it."""
-        emb = self._embedder
-        if emb is None:
-            return None
-        t0 = time.perf_counter()
-        pixels = self._whole_frame(image, emb.size) if emb.stretches else emb.pixels(image)
-        vec = emb.embed_pixels(pixels)
-        t1 = time.perf_counter()
-        out = _Site(embedding=vec.copy(), embed_ms=(t1 - t0) * 1e3)
-        if self.head is not None:
-            out.empty_prob = self.head.empty_prob(vec)
-            out.head_empty = out.empty_prob >= self.head_threshold
-            out.head_ms = (time.perf_counter() - t1) * 1e3
-        bg = self.background
-        if bg is not None:
-            out.background_sim = bg.similarity(vec)
-            out.background_known = bg.is_known(out.background_sim)
-        return out
+    def _name(self, image: Image.Image,
+              bbox: tuple[float, float, float, float]) -> tuple[Species | None, float]:
+        """The species in a box the second look found (none without a classifier)."""
+        if self._clf is None:
+            return None, 0.0
+        v = self._clf.classify(image, bbox, self.thresholds.species, self.cfg,
+                               self._whole_frame)
+        return v.species, v.conf
 
     def _whole_frame(self, image: Image.Image, size: tuple[int, int]) -> NDArray[np.uint8]:
         """The whole frame stretched to ``size``, made once per frame: the classifier's
@@ -788,39 +392,6 @@ class Pipeline:
         self._whole = (size, pixels)
         return pixels
 
-    def _classify(self, image: Image.Image, bbox: tuple[float, float, float, float] | None,
-                  thresholds: NDArray[np.float32]) -> _Species:
-        """Classifier pass on a box crop (with context) or on the whole frame.
-
-        The named species is the likeliest of those whose summed probability clears its own
-        threshold (``thresholds``, SPECIES order), so a stricter tiger threshold does not
-        hide a leopard that clears its own. A leopard or tiger must then pass the species
-        rule (:mod:`edge_app.trap.detect.species`): a small, boxless or cat-of-the-village
-        crop is demoted to ``other_big_cat`` or a plain animal; ``sums`` stay raw.
-        """
-        clf = self._clf
-        assert clf is not None
-        spec = clf.card.input
-        size = (spec.width, spec.height)
-        pixels = (self._whole_frame(image, size) if bbox is None
-                  else crop_resized(image, bbox, self.cfg.crop_context, size))
-        clf.model.set_image(pixels, bgr=spec.colour_order == "BGR")
-        probs = decoders.decode_classifier(clf.model.invoke()[0],
-                                           bool(clf.card.output.params.get("softmax", False)))
-        sums = clf.classes.species_sum(probs)
-        passing = np.where((sums >= thresholds) & (sums > 0.0), sums, -1.0)
-        j = int(np.argmax(passing))
-        if passing[j] < 0.0:
-            return _Species(None, 0.0, sums)
-        idx = clf.classes.species_classes[j]
-        top = clf.classes.names[int(idx[int(np.argmax(probs[idx]))])]
-        rule = SpeciesRule(self.cfg.target_min_height, self.cfg.target_min_area)
-        named, conf = judge(SPECIES[j], float(sums[j]), evidence(probs, self._cat_groups),
-                            bbox, rule)
-        if named is None:
-            return _Species(None, 0.0, sums)
-        return _Species(named, conf, sums, top)
-
     # -- a burst --------------------------------------------------------------------------
 
     def analyse_burst(self, frames: Sequence[Frame]) -> list[FrameResult | None]:
@@ -830,38 +401,3 @@ class Pipeline:
 
         return analyse_burst(self, frames)
 
-
-def head_path(value: str, models_dir: Path) -> Path:
-    """``detector.head`` as a path: absolute, or relative to the models folder — the active
-    signed pack's copy when the pack carries it (a head sent in a pack is the one the pack's
-    signature and hashes vouch for)."""
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else file_in(models_dir, value)
-
-
-def pack_head(models_dir: Path) -> str:
-    """The site head file the *installed* active pack ships (``<models>/current``), '' if none.
-
-    Why a pack's head is used without a config change: the station's review loop trains a
-    head on the frames rangers labelled and sends it to the unit in a signed pack; installing
-    it must be enough for the unit's next verdicts to use it (a remote config change would be
-    a second, separately failing step). ``detector.head`` still wins when set, and a pack
-    without a head changes nothing. Only an installed pack counts, not a folder that *is* a
-    pack: the installer's self-test and ``models pack`` run the pipeline on a staged pack,
-    whose record is the detector's and classifier's verdicts alone.
-
-    The manifest was verified at install; it is still parsed with limits here.
-
-    Raises:
-        ModelError: the active pack's manifest is unreadable or malformed (a broken pack:
-            on trial, the daemon's start then rolls it back).
-    """
-    path = models_dir / ACTIVE_PACK / PACK_MANIFEST
-    if not path.is_file():
-        return ""
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as e:
-        raise ModelError(str(path), f"cannot read the active pack's manifest: {e.strerror}") from e
-    return parse_manifest(raw).head

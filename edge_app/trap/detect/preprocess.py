@@ -432,6 +432,18 @@ class Geometry:
         return out
 
 
+
+@dataclass(slots=True)
+class Prepared:
+    """A decoded frame, letterboxed; valid until the next frame is decoded."""
+
+    decoded: DecodedImage
+    geometry: Geometry
+    decode_ms: float
+    letterbox_ms: float
+    source: bytes | Path | NDArray[np.uint8] | None = None
+    """What was decoded: the second look's tiles decode it again at a larger scale."""
+
 class Letterboxer:
     """Fits images into a fixed-size uint8 buffer, reused for every frame.
 

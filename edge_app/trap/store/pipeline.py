@@ -36,7 +36,6 @@ rows, so that nothing decided is lost and a link switched on later delivers them
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import sqlite3
@@ -46,21 +45,16 @@ from typing import Any, NamedTuple
 
 from edge_app.core.clock import Clock, SystemClock, rfc3339
 from edge_app.core.config import Config
-from edge_app.core.errors import ImageError, StorageError
-from edge_app.core.events import Burst, Frame, Outcome, Verdict
-from edge_app.trap.store import exif
+from edge_app.core.errors import StorageError
+from edge_app.core.events import Burst, Outcome, Verdict
 from edge_app.trap.store.catalog import Catalog, EventRecord
 from edge_app.trap.store.db import db_path, open_db, transaction
 from edge_app.trap.store.deployments import DeploymentBook
 from edge_app.trap.store.media import (
-    MediaKind,
     MediaRef,
     clean_temp,
-    frame_image,
-    frame_thumbnail,
-    media_paths,
-    store_file,
 )
+from edge_app.trap.store.media_writer import MediaWriter
 from edge_app.trap.store.outbox import Outbox
 from edge_app.trap.store.retention import DiskGuard
 from edge_app.trap.store.routing import deliveries
@@ -77,16 +71,6 @@ class Recorded(NamedTuple):
 
     event_id: str
     event: dict[str, Any]
-
-
-def pick_frame(burst: Burst, verdict: Verdict) -> Frame | None:
-    """The frame to keep: the verdict's best one, else the first frame after the trigger."""
-    if 0 <= verdict.best_index < len(burst.frames):
-        return burst.frames[verdict.best_index]
-    for f in burst.frames:
-        if not f.pre_trigger:
-            return f
-    return burst.frames[0] if burst.frames else None
 
 
 def build_event(
@@ -185,7 +169,17 @@ class EventStore:
         self._conn: sqlite3.Connection | None = None
         self._catalog: Catalog | None = None
         self._outbox: Outbox | None = None
-        self.guard = DiskGuard.from_config(cfg)
+        guard = DiskGuard.from_config(cfg)
+        self.media = MediaWriter(cfg, self.root, guard, self._make_room)
+
+    @property
+    def guard(self) -> DiskGuard:
+        """The disk guard the store prunes with (tests swap in one with an injected quota)."""
+        return self.media.guard
+
+    @guard.setter
+    def guard(self, value: DiskGuard) -> None:
+        self.media.guard = value
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -272,7 +266,7 @@ class EventStore:
         seq = catalog.current_seq(unit) + 1
         event_id = f"{unit}-{seq}"
         self._make_room()
-        image, thumb = self._write_media(event_id, burst, verdict)
+        image, thumb = self.media.write(event_id, burst, verdict)
         media = [m for m in (image, thumb) if m is not None]
         source = time_source or burst.trigger.time_source or (
             self.time_source() if self.time_source is not None
@@ -291,8 +285,8 @@ class EventStore:
         rec = EventRecord(
             id=event_id, unit=unit, seq=seq, ts=burst.trigger.wall, outcome=verdict.outcome,
             label=verdict.label, species=verdict.species, score=verdict.score, audit=audit,
-            reason=verdict.reason, event_json=payload, image_path=self._rel(image),
-            thumb_path=self._rel(thumb), created=now,
+            reason=verdict.reason, event_json=payload, image_path=self.media.rel(image),
+            thumb_path=self.media.rel(thumb), created=now,
         )
 
         def write() -> int:
@@ -368,79 +362,8 @@ class EventStore:
             ref = thumb if d.media == "thumb" else image if d.media == "image" else None
             outbox.enqueue(d.kind, link=d.link, event_id=rec.id, now=now,
                            payload=None if ref is not None else payload,
-                           media_path=self._rel(ref))
+                           media_path=self.media.rel(ref))
         return len(rows)
-
-    def _write_media(
-        self, event_id: str, burst: Burst, verdict: Verdict
-    ) -> tuple[MediaRef | None, MediaRef | None]:
-        """Write the chosen frame and its thumbnail; failures are logged, not raised.
-
-        A full or failing card must not cost the alert: the event is still catalogued and
-        queued, just without the media that could not be written. While the space reserve is
-        in use (the card is full and nothing is left to prune) only the small thumbnail is
-        kept, so the reserve goes to alerts, not to the next 2 MB frame.
-        """
-        frame = pick_frame(burst, verdict)
-        if frame is None:
-            return None, None
-        img_path, thumb_path = media_paths(self.root, event_id, burst.trigger.wall)
-        image = thumb = None
-        if self.guard.emergency():
-            logger.warning("%s: card full, space reserve in use: keeping the thumbnail only",
-                           event_id)
-        else:
-            try:
-                # A live-path frame (pixels, no JPEG yet) is encoded here, once, for the
-                # events that keep it; a replayed frame is stored as its own bytes.
-                data = frame_image(frame, self.cfg.camera.jpeg_quality)
-                tagged = exif.stamp(
-                    data, unit_id=self.cfg.unit.id, event_id=event_id,
-                    wall=burst.trigger.wall, location=self.cfg.unit.location,
-                    verdict={"outcome": verdict.outcome, "label": verdict.label,
-                             "species": verdict.species, "score": round(verdict.score, 3)},
-                )
-                image = self._store_file(img_path, tagged, f"{event_id}-image", "image")
-            except (OSError, ImageError) as e:
-                logger.error("%s: frame not written (%s); storing the event without it",
-                             event_id, e)
-        try:
-            small = frame_thumbnail(frame, self.cfg.storage.thumb_px,
-                                    self.cfg.storage.thumb_quality,
-                                    int(self.cfg.storage.thumb_max_kb * 1024))
-        except ImageError as e:
-            logger.warning("%s: no thumbnail: %s", event_id, e)
-            return image, None
-        try:
-            thumb = self._store_file(thumb_path, small, f"{event_id}-thumb", "thumb")
-        except OSError as e:
-            logger.error("%s: thumbnail not written: %s", event_id, e)
-        return image, thumb
-
-    def _store_file(self, path: Path, data: bytes, media_id: str, kind: MediaKind) -> MediaRef:
-        """:func:`store_file`, once more after pruning if the card was full.
-
-        Raises:
-            OSError: the file could not be written even after pruning.
-        """
-        try:
-            return store_file(path, data, media_id, kind)
-        except OSError as e:
-            if e.errno != errno.ENOSPC:
-                raise
-            logger.warning("%s: card full while writing %s: pruning", media_id, path.name)
-            if not self._make_room(force=True, need_bytes=len(data)):
-                raise
-        return store_file(path, data, media_id, kind)
-
-    def _rel(self, ref: MediaRef | None) -> str | None:
-        """A media path relative to the storage root, so the card can be read elsewhere."""
-        if ref is None:
-            return None
-        try:
-            return str(ref.path.relative_to(self.root))
-        except ValueError:
-            return str(ref.path)
 
     # -- inspection (any thread) --------------------------------------------------------
 

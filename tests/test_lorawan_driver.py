@@ -194,7 +194,7 @@ def test_a_vanished_port_is_a_modem_error_not_a_crash() -> None:
     drv = Rak3172(emu.port, timings=FAST)
     drv.open()
     try:
-        os.close(emu._master)  # the USB adapter is unplugged
+        os.close(emu._pty.master)  # the USB adapter is unplugged
 
         def use_it() -> None:
             for _ in range(5):

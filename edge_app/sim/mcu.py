@@ -34,14 +34,11 @@ duty cycle, a few wake-ups per second), or until a byte or a PIR edge arrives.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
-import select
 import sys
 import threading
-import tty
 from collections import deque
 from pathlib import Path
 from types import ModuleType
@@ -49,6 +46,7 @@ from typing import Any
 
 from edge_app.core.clock import Clock, SystemClock
 from edge_app.core.mcu_protocol import MCU_TO_PI, Message, Receiver
+from edge_app.sim.pty_port import PtyPort
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +154,8 @@ class McuEmulator:
             solar_ratio=self.cfg["solar_ratio"])
         self.hal.uart_write = self._uart_write  # the UART is the pty (below)
         self.battery_v, self.solar_v, self.temp_c = battery_v, solar_v, temp_c
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)  # a Pi not reading must not stall the MCU
-        self.port = os.ttyname(self._slave)
-        self._wake_r, self._wake_w = os.pipe()
+        self._line = PtyPort(nonblocking=True)  # a Pi not reading must not stall the MCU
+        self.port = self._line.name
         self._lock = threading.RLock()  # the firmware object and the board
         self._power = threading.Condition(self._lock)
         self.sent: deque[Message] = deque(maxlen=1000)
@@ -170,7 +165,6 @@ class McuEmulator:
                                             now_ms=self._now_ms())
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._closed = False
 
     # -- what tests and the simulated world touch -------------------------------------------
 
@@ -260,7 +254,7 @@ class McuEmulator:
             self.lost_tx += len(data)
             return
         try:
-            os.write(self._master, data)
+            self._line.write(data)
         except BlockingIOError:
             self.lost_tx += len(data)  # nobody reads the Pi's end: a real UART drops it too
             return
@@ -271,10 +265,7 @@ class McuEmulator:
                              if f.message is not None)
 
     def _read_pty(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except OSError:
-            return
+        data = self._line.read()
         with self._lock:
             if self.hal.pi_power:
                 self.hal.rx.extend(data)
@@ -312,16 +303,11 @@ class McuEmulator:
     def run(self, stop: threading.Event) -> None:
         """The board's main loop until ``stop`` (a supervised stage; closes the pty at stop)."""
         try:
-            while not stop.is_set() and not self._closed:
-                sleep = self._tick()
-                try:
-                    ready, _, _ = select.select([self._master, self._wake_r], [], [], sleep)
-                except (OSError, ValueError):
+            while not stop.is_set() and not self._line.closed:
+                readable = self._line.wait(self._tick())
+                if readable is None:
                     return
-                if self._wake_r in ready:
-                    with contextlib.suppress(OSError):
-                        os.read(self._wake_r, 512)
-                if self._master in ready:
+                if readable:
                     self._read_pty()
         finally:
             if stop.is_set():
@@ -329,8 +315,7 @@ class McuEmulator:
 
     def interrupt(self) -> None:
         """Wake the main loop now (a stop, a PIR edge, the halt pin)."""
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        self._line.wake()
 
     def start(self) -> McuEmulator:
         """Run the board on its own thread (tests that use no supervisor)."""
@@ -350,13 +335,7 @@ class McuEmulator:
 
     def close(self) -> None:
         """Close the pty and the wake pipe (idempotent)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._line.close()
 
     def __enter__(self) -> McuEmulator:
         return self.start()

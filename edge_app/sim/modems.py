@@ -23,17 +23,15 @@ import contextlib
 import heapq
 import itertools
 import logging
-import os
 import random
-import select
 import threading
 import time
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge_app.core.clock import Clock, SystemClock
+from edge_app.sim.pty_port import PtyPort
 from edge_app.trap.uplink.airtime import dr_to_sf, join_airtime_s, uplink_airtime_s
 
 logger = logging.getLogger(__name__)
@@ -193,10 +191,8 @@ class PtyModem:
         self.freqs = freqs_mhz
         self.stats = EmulatorStats()
         self.received: list[str] = []  # command lines, as received (tests look at them)
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.port = os.ttyname(self._slave)
-        self._wake_r, self._wake_w = os.pipe()
+        self._pty = PtyPort()
+        self.port = self._pty.name
         self._lock = threading.Lock()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -217,11 +213,9 @@ class PtyModem:
 
     def stop(self) -> None:
         self._stopping = True
-        os.write(self._wake_w, b"x")
+        self._pty.wake()
         self._thread.join(2.0)
-        for fd in (self._master, self._slave, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._pty.close()
 
     def __enter__(self) -> PtyModem:
         return self.start()
@@ -235,7 +229,7 @@ class PtyModem:
         """Put raw bytes on the line now (noise, an overlong line, a fake banner)."""
         with self._lock:
             self._injected.append(raw)
-        os.write(self._wake_w, b"x")
+        self._pty.wake()
 
     def after(self, delay_s: float, fn: Callable[[], None], *, real: bool = False) -> None:
         """Run ``fn`` on the emulator thread ``delay_s`` emulated (or ``real``) seconds from
@@ -244,7 +238,7 @@ class PtyModem:
         with self._lock:
             heapq.heappush(self._timers, (due, next(self._seq), fn))
         if threading.current_thread() is not self._thread:
-            os.write(self._wake_w, b"x")
+            self._pty.wake()
 
     # -- the thread ---------------------------------------------------------------------
 
@@ -253,20 +247,11 @@ class PtyModem:
             with self._lock:
                 due = self._timers[0][0] if self._timers else None
             timeout = None if due is None else max(0.0, due - time.monotonic())
-            try:
-                ready, _, _ = select.select([self._master, self._wake_r], [], [], timeout)
-            except (OSError, ValueError):
+            readable = self._pty.wait(timeout)
+            if readable is None:
                 return
-            if self._wake_r in ready:
-                with contextlib.suppress(OSError):
-                    os.read(self._wake_r, 512)
-            if self._master in ready:
-                try:
-                    data = os.read(self._master, 4096)
-                except OSError:
-                    data = b""
-                if data:
-                    self._feed(data)
+            if readable and (data := self._pty.read()):
+                self._feed(data)
             self._run_due()
             with self._lock:
                 injected, self._injected = self._injected, []
@@ -309,7 +294,7 @@ class PtyModem:
 
     def _raw(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
-            os.write(self._master, data)
+            self._pty.write(data)
 
     def _line(self, text: str, lead: bytes = b"") -> None:
         self._raw(lead + text.encode("ascii") + b"\r\n")

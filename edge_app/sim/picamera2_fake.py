@@ -619,36 +619,44 @@ class Picamera2:
         if lores_yuv is not None and lores_size is not None:
             arrays["lores"] = (lores_yuv if not settling else
                                _dim_yuv(lores_yuv, lores_size, level, matrix))
-        return arrays, self._metadata(lit, k, settling, level, corrupt)
+        md = sensor_metadata(lit, k, settling=settling, level=level, corrupt=corrupt,
+                             controls=self.controls, ae_key=self.ae_key,
+                             frame_rate=self.frame_rate, now_s=self._clock.monotonic())
+        return arrays, md
 
-    def _metadata(self, lit: scene_light.SceneLight, k: int, settling: bool, level: float,
-                  corrupt: bool) -> dict[str, Any]:
-        exposure, gain = scene_light.auto_exposure(lit.lux)
-        if "ExposureTime" in self.controls and not self.controls.get("AeEnable", True):
-            exposure = int(self.controls["ExposureTime"])
-            gain = float(self.controls.get("AnalogueGain", gain))
-        target = scene_light.NIGHT_GAINS if lit.night else scene_light.DAY_GAINS
-        gains = tuple(1.0 + (t - 1.0) * level for t in target)
-        md: dict[str, Any] = {
-            "SensorTimestamp": int(self._clock.monotonic() * 1e9),
-            "ExposureTime": max(1, int(exposure * level)),
-            "AnalogueGain": round(gain, 3),
-            "DigitalGain": 1.0,
-            "Lux": round(lit.lux, 3),
-            "ColourGains": gains,
-            "ColourTemperature": 3000 if lit.night else 5200,
-            "FrameDuration": 33333 if self.frame_rate <= 0 else int(1e6 / self.frame_rate),
-            "ScalerCrop": (0, 0, *SENSOR_SIZE),
-            "FrameNumber": k,
-        }
-        if self.ae_key == "AeLocked":
-            md["AeLocked"] = not settling
-        elif self.ae_key == "AeState":
-            md["AeState"] = 1 if settling else 2
-        if corrupt:
-            md.update({"Lux": math.nan, "ExposureTime": -5, "AnalogueGain": math.inf,
-                       "AeLocked": "yes"})
-        return md
+
+def sensor_metadata(lit: scene_light.SceneLight, k: int, *, settling: bool, level: float,
+                    corrupt: bool, controls: dict[str, Any], ae_key: str | None, frame_rate: float,
+                    now_s: float) -> dict[str, Any]:
+    """Frame ``k``'s metadata as libcamera reports it: auto exposure for the scene's light
+    (or the manual controls), gains converging while the AE settles, the AE-done key of this
+    libcamera release, and, for a corrupt frame, the out-of-range values the guard refuses."""
+    exposure, gain = scene_light.auto_exposure(lit.lux)
+    if "ExposureTime" in controls and not controls.get("AeEnable", True):
+        exposure = int(controls["ExposureTime"])
+        gain = float(controls.get("AnalogueGain", gain))
+    target = scene_light.NIGHT_GAINS if lit.night else scene_light.DAY_GAINS
+    gains = tuple(1.0 + (t - 1.0) * level for t in target)
+    md: dict[str, Any] = {
+        "SensorTimestamp": int(now_s * 1e9),
+        "ExposureTime": max(1, int(exposure * level)),
+        "AnalogueGain": round(gain, 3),
+        "DigitalGain": 1.0,
+        "Lux": round(lit.lux, 3),
+        "ColourGains": gains,
+        "ColourTemperature": 3000 if lit.night else 5200,
+        "FrameDuration": 33333 if frame_rate <= 0 else int(1e6 / frame_rate),
+        "ScalerCrop": (0, 0, *SENSOR_SIZE),
+        "FrameNumber": k,
+    }
+    if ae_key == "AeLocked":
+        md["AeLocked"] = not settling
+    elif ae_key == "AeState":
+        md["AeState"] = 1 if settling else 2
+    if corrupt:
+        md.update({"Lux": math.nan, "ExposureTime": -5, "AnalogueGain": math.inf,
+                   "AeLocked": "yes"})
+    return md
 
 
 def _check_stream(stream: Any, name: str) -> None:

@@ -264,10 +264,11 @@ class IrOutputs:
 
     def _trip_locked(self, how: str) -> threading.Thread | None:
         self.guard_trips += 1
-        self.guard_tripped.set()
         logger.error("IR illuminator on for %.1f s (ir.max_on_s %.1f): switched off (%s)",
                      self._clock.monotonic() - (self._on_at or 0.0), self._cfg.max_on_s, how)
-        return self._off_locked()
+        guard = self._off_locked()
+        self.guard_tripped.set()  # after the LED is off: whoever waits on it may look at it
+        return guard
 
     def _guard_run(self, cancel: threading.Event) -> None:
         if cancel.wait(self._cfg.max_on_s):  # real time on purpose: see the module docstring

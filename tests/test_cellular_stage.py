@@ -42,13 +42,15 @@ PROPS = "org.freedesktop.DBus.Properties"
 class BearerRoute:
     """A fake IP route (see the module docstring): relays TCP to ``target`` while the mock's
     bearer is connected; one thread, select-driven; the bearer is read over its own D-Bus
-    connection every 50 ms."""
+    connection every 50 ms. ``rate``: bytes per second it carries (0: as fast as it can), a
+    slow LTE uplink so a transfer can be cut halfway."""
 
-    def __init__(self, address: str, target: int) -> None:
+    def __init__(self, address: str, target: int, rate: float = 0.0) -> None:
         self.port = free_port()
-        self._address, self._target = address, target
+        self._address, self._target, self._rate = address, target, rate
         self._stop = threading.Event()
         self.cuts = 0
+        self.refused = 0  # connection attempts while the bearer was down
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._thread = threading.Thread(target=self._run, name="route", daemon=True)
         self._thread.start()
@@ -85,10 +87,13 @@ class BearerRoute:
                     for s in list(pairs):
                         drop(s)
             for key, _ in sel.select(0.05):
+                if time.monotonic() >= next_look:
+                    break  # look at the bearer between two reads, also on a busy route
                 if key.data is None:
                     conn, _addr = self._listener.accept()
                     if not up:
                         conn.close()  # no route
+                        self.refused += 1
                         continue
                     out = socket.create_connection(("127.0.0.1", self._target))
                     pairs[conn], pairs[out] = out, conn
@@ -98,7 +103,8 @@ class BearerRoute:
                 s = key.fileobj
                 assert isinstance(s, socket.socket)
                 try:
-                    data = s.recv(65536)
+                    data = s.recv(int(min(65536, max(1024, self._rate / 20)))
+                                  if self._rate else 65536)
                 except OSError:
                     data = b""
                 if not data or s not in pairs:
@@ -106,6 +112,8 @@ class BearerRoute:
                     continue
                 with contextlib.suppress(OSError):
                     pairs[s].sendall(data)
+                if self._rate:
+                    time.sleep(len(data) / self._rate)
         for s in list(pairs):
             drop(s)
         self._listener.close()

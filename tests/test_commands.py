@@ -192,3 +192,35 @@ def test_model_pack_commands_on_a_unit_without_a_fleet_key(trap: Trap) -> None:
         r = trap.run(name, {"id": name, "pack": "ab" * 32, "bytes": 5000, "chunk_bytes": 1024})
         assert r == {"id": name, "ok": False, "error": "this unit takes no model packs: "
                      "detector.pack_public_key is not set in its config"}
+
+
+def test_images_send_passes_the_waiting_row_or_queues_the_image_again(trap: Trap) -> None:
+    passed: list[str] = []
+    commands = Commands(trap.settings, SystemClock(), image_pass=passed.append)
+    conn = trap.store._conn
+    assert conn is not None
+
+    def run(cmd_id: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return commands.handle(name, json.dumps({"id": cmd_id, **body}).encode(), conn)
+
+    trap.store.record(*burst_and_verdict("alert"))
+    (waiting,) = trap.store.outbox.ls(50, kinds=["image"])
+    r = run("i1", "images/send", {"event": "T-1-1"})
+    assert (r["ok"], r["row"], r["state"]) == (True, waiting.id, "waiting")
+    assert passed == ["T-1-1"]
+    # the page's button: the same row, not a second copy of the image
+    r = run("i2", "media/request", {"media": "T-1-1-image"})
+    assert r["queued"] == waiting.id
+    assert len(trap.store.outbox.ls(50, kinds=["image"])) == 1
+    trap.store.outbox.mark_inflight(waiting.id)
+    assert run("i3", "images/send", {"event": "T-1-1"})["state"] == "in flight"
+    trap.store.outbox.mark_sent(waiting.id)
+    r = run("i4", "images/send", {"event": "T-1-1"})
+    assert r["state"] == "queued"
+    assert r["row"] != waiting.id
+    assert passed == ["T-1-1", "T-1-1", "T-1-1"]  # not for the one already in flight
+    record = trap.store.catalog.get("T-1-1")
+    assert record is not None
+    assert record.image_path is not None
+    (trap.store.root / record.image_path).unlink()
+    assert "not on the card" in run("i5", "images/send", {"event": "T-1-1"})["error"]

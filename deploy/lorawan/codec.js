@@ -10,7 +10,9 @@
 //                              mqtt_down)
 //   status fPort 11, 11 bytes: ver:3|0:5, battery, temp i8 (-128 unknown), disk 0.1 GB u16,
 //                              outbox depth u16, uptime minutes u24, flags (time_synced,
-//                              mqtt_connected, disk_low, lora_backlog)
+//                              mqtt_connected, disk_low, lora_backlog, 4..6 cellular state
+//                              (0 none: no key), 7 cell_signal_low; once reserved bits, so
+//                              older decoders warn and still decode)
 //   command fPort 20 (downlink): 01 target pct | 02 | 03 hours | 04 mode
 
 var VERSION = 1;
@@ -24,10 +26,13 @@ var COMMAND_NAMES = ["set_threshold", "request_status", "set_status_interval", "
 var COMMAND_BYTES = {set_threshold: 3, request_status: 1, set_status_interval: 2, set_mode: 2};
 var ALERT_FLAGS = ["time_synced", "backlog", "mqtt_down"];
 var STATUS_FLAGS = ["time_synced", "mqtt_connected", "disk_low", "lora_backlog"];
+var CELL_STATES = [null, "up", "idle", "connecting", "no_signal", "no_modem", "modem_error",
+  "failing"];
+var CELL_LOW = 0x80;
 var ALERT_KEYS = ["type", "version", "label", "species", "confidence", "time", "ts", "seq16",
   "seq", "count", "battery_v"].concat(ALERT_FLAGS);
 var STATUS_KEYS = ["type", "version", "battery_v", "temp_c", "disk_free_gb", "outbox_depth",
-  "uptime_min"].concat(STATUS_FLAGS);
+  "uptime_min"].concat(STATUS_FLAGS, ["cellular", "cell_signal_low"]);
 
 function scale(x, k) { return Math.floor(x * k + 0.5); }
 
@@ -105,7 +110,14 @@ function decodeStatus(b, res) {
     temp_c: temp === -128 ? null : temp, disk_free_gb: u(b, 3, 2) / 10,
     outbox_depth: u(b, 5, 2), uptime_min: u(b, 7, 3)
   };
-  flags(b[10], STATUS_FLAGS, data, res.warnings);
+  flags(b[10] & 0x0F, STATUS_FLAGS, data, res.warnings);
+  var cell = (b[10] >> 4) & 0x7;
+  if (cell) {
+    data.cellular = CELL_STATES[cell];
+    data.cell_signal_low = (b[10] & CELL_LOW) !== 0;
+  } else if (b[10] & CELL_LOW) {
+    res.warnings.push("reserved flag bits set: 0x" + hex2(CELL_LOW));
+  }
   res.data = data;
 }
 
@@ -186,6 +198,25 @@ function unknownKeys(d, known, warnings) {
 
 function has(d, k) { return Object.prototype.hasOwnProperty.call(d, k); }
 
+function encCellular(d, errors) {
+  var cell = d.cellular, low = d.cell_signal_low;
+  if (low === undefined) { low = false; }
+  if (typeof low !== "boolean") {
+    errors.push("cell_signal_low must be true or false");
+    low = false;
+  }
+  if (cell === undefined || cell === null) {
+    if (low) { errors.push("cell_signal_low needs a cellular state"); }
+    return 0;
+  }
+  var i = indexOf(CELL_STATES, cell);
+  if (i < 1) {
+    errors.push("cellular must be null or one of " + CELL_STATES.slice(1).join(", "));
+    return 0;
+  }
+  return (i << 4) | (low ? CELL_LOW : 0);
+}
+
 function encodeAlert(d, res) {
   var e = res.errors;
   unknownKeys(d, ALERT_KEYS, res.warnings);
@@ -238,7 +269,7 @@ function encodeStatus(d, res) {
   if (!isInt(depth) || depth < 0) { e.push("outbox_depth must be an integer ≥ 0"); depth = 0; }
   var up = has(d, "uptime_min") ? d.uptime_min : 0;
   if (!isInt(up) || up < 0) { e.push("uptime_min must be an integer ≥ 0"); up = 0; }
-  var fl = encFlags(d, STATUS_FLAGS, e);
+  var fl = encFlags(d, STATUS_FLAGS, e) | encCellular(d, e);
   var diskU = Math.min(scale(disk, 10), 65535);
   depth = Math.min(depth, 65535);
   up = Math.min(up, 16777215);

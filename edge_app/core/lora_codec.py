@@ -15,6 +15,12 @@ Rules shared with the JS twin (keep them identical, or the vectors test fails):
   ``Math.round`` half up; this is the same in both), and decoded as ``n / k``;
 * all multi-byte integers are big-endian.
 
+The cellular bits of the status (flags 4..7) came after the first v1 decoders, the way the
+rules above allow without a version bump: they were reserved flag bits, which an older
+decoder still decodes with a "reserved flag bits set" warning; a status without cellular
+(bits 0) decodes exactly as before, with no ``cellular`` key. They tell the station why MQTT
+went silent (the bearer idle by policy, no signal, no modem, connects failing).
+
 Layouts (v1; byte 0 of an uplink carries the version in its top 3 bits)::
 
     alert, fPort 10 (11 bytes)
@@ -34,7 +40,9 @@ Layouts (v1; byte 0 of an uplink carries the version in its top 3 bits)::
       3..4  disk free, 0.1 GB (u16, saturating)
       5..6  outbox depth (u16, saturating)
       7..9  uptime, minutes (u24, saturating)
-      10    flags: 0 time_synced, 1 mqtt_connected, 2 disk_low, 3 lora_backlog
+      10    flags: 0 time_synced, 1 mqtt_connected, 2 disk_low, 3 lora_backlog,
+            4..6 cellular (0 not reported: no key; 1 up 2 idle 3 connecting 4 no_signal
+            5 no_modem 6 modem_error 7 failing), 7 cell_signal_low (only with 4..6)
 
     command, fPort 20 (downlink)
       0x01 target pct   set_threshold: target 0 detector, 1 species; pct 1..99
@@ -65,6 +73,9 @@ COMMANDS = {1: "set_threshold", 2: "request_status", 3: "set_status_interval", 4
 
 ALERT_FLAGS = ("time_synced", "backlog", "mqtt_down")
 STATUS_FLAGS = ("time_synced", "mqtt_connected", "disk_low", "lora_backlog")
+CELL_STATES: tuple[str | None, ...] = (None, "up", "idle", "connecting", "no_signal",
+                                        "no_modem", "modem_error", "failing")
+CELL_LOW = 0x80
 
 U16 = 0xFFFF
 U24 = 0xFFFFFF
@@ -211,7 +222,13 @@ def _decode_status(b: bytes, res: DecodeResult) -> None:
         "outbox_depth": int.from_bytes(b[5:7], "big"),
         "uptime_min": int.from_bytes(b[7:10], "big"),
     }
-    _flags(b[10], STATUS_FLAGS, data, res.warnings)
+    _flags(b[10] & 0x0F, STATUS_FLAGS, data, res.warnings)
+    cell = b[10] >> 4 & 0x7
+    if cell:
+        data["cellular"] = CELL_STATES[cell]
+        data["cell_signal_low"] = bool(b[10] & CELL_LOW)
+    elif b[10] & CELL_LOW:
+        res.warnings.append(f"reserved flag bits set: 0x{CELL_LOW:02x}")
     res.data = data
 
 
@@ -306,7 +323,7 @@ def _unknown_keys(data: dict[str, Any], known: set[str], warnings: list[str]) ->
 _ALERT_KEYS = {"type", "version", "label", "species", "confidence", "time", "ts", "seq16", "seq",
                "count", "battery_v", *ALERT_FLAGS}
 _STATUS_KEYS = {"type", "version", "battery_v", "temp_c", "disk_free_gb", "outbox_depth",
-                "uptime_min", *STATUS_FLAGS}
+                "uptime_min", *STATUS_FLAGS, "cellular", "cell_signal_low"}
 
 
 def encode_uplink(fport: int, data: Any) -> EncodeResult:
@@ -388,11 +405,28 @@ def _encode_status(d: dict[str, Any], res: EncodeResult) -> None:
     if uptime is None or uptime < 0:
         errors.append("uptime_min must be an integer ≥ 0")
         uptime = 0
-    flags = _enc_flags(d, STATUS_FLAGS, errors)
+    flags = _enc_flags(d, STATUS_FLAGS, errors) | _enc_cellular(d, errors)
     res.payload = (bytes([VERSION << 5, battery, temp_b & 0xFF])
                    + min(scale(disk, 10), U16).to_bytes(2, "big")
                    + min(depth, U16).to_bytes(2, "big")
                    + min(uptime, U24).to_bytes(3, "big") + bytes([flags]))
+
+
+def _enc_cellular(d: dict[str, Any], errors: list[str]) -> int:
+    """Flag bits 4..7 of a status: the cellular state and its low-signal bit."""
+    cell, low = d.get("cellular"), d.get("cell_signal_low", False)
+    if not isinstance(low, bool):
+        errors.append("cell_signal_low must be true or false")
+        low = False
+    if cell is None:
+        if low:
+            errors.append("cell_signal_low needs a cellular state")
+        return 0
+    if cell not in CELL_STATES[1:]:
+        errors.append("cellular must be null or one of " + ", ".join(
+            str(c) for c in CELL_STATES[1:]))
+        return 0
+    return CELL_STATES.index(cell) << 4 | (CELL_LOW if low else 0)
 
 
 def encode_downlink(data: Any) -> EncodeResult:
@@ -490,6 +524,8 @@ class Status:
     mqtt_connected: bool = False
     disk_low: bool = False
     lora_backlog: bool = False
+    cellular: str | None = None
+    cell_signal_low: bool = False
 
 
 def encode_status(status: Status) -> bytes:
@@ -506,6 +542,8 @@ def encode_status(status: Status) -> bytes:
         "outbox_depth": max(0, status.outbox_depth), "uptime_min": max(0, status.uptime_min),
         "time_synced": status.time_synced, "mqtt_connected": status.mqtt_connected,
         "disk_low": status.disk_low, "lora_backlog": status.lora_backlog,
+        **({"cellular": status.cellular, "cell_signal_low": status.cell_signal_low}
+           if status.cellular in CELL_STATES[1:] else {}),
     })
     assert res.ok, res.errors
     return res.payload

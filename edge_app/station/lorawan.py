@@ -255,6 +255,10 @@ class LorawanDecoder:
             self.stats.status += 1
             self.stats.last_status[unit] = res.data
             logger.info("lorawan: unit %s status: %s", unit, res.data)
+            cell = res.data.get("cellular")
+            if cell not in (None, "up", "idle"):  # why MQTT went silent
+                logger.warning("lorawan: unit %s: cellular link %s%s", unit, cell,
+                               ", signal low" if res.data.get("cell_signal_low") else "")
             return None
         self.stats.alerts += 1
         return self.alert_event(unit, res.data, meta)

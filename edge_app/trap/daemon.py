@@ -139,12 +139,16 @@ class App:
                      image_gate=self.cellular.allows_image if self.cellular else None)
             if cfg.mqtt.enabled else None
         )
+        if self.cellular is not None and self.link is not None:
+            # bearer up: MQTT connects at once; down: it stops spending reconnect attempts
+            self.cellular.on_route = self.link.route
         # LoRaWAN alerts (issue 5): its own stage, fed by the outbox's LoRa rows (the store
         # queues one per alert when lorawan.enabled); see uplink/router.py.
         self.lora: LoraRouter | None = make_lora(
             lambda: self.cfg, self.clock, self.store.db_path, link=self.link,
             settings=self.settings, readings=self.field.readings,
             time_source=self.time_source, outbox_depth=self.outbox_depth,
+            cellular=self.cellular.lora_state if self.cellular is not None else None,
         ) if cfg.lorawan.enabled else None
         self.triggers: StageQueue[TriggerEvent] = StageQueue("triggers", 8)
         # A live-path burst holds full-size arrays (~11 MB at 1280×720 with four frames):

@@ -62,8 +62,13 @@ class CellularLink:
         self._budget_lock = threading.Lock()
 
     def step(self, outbox_depth: int = 0, in_flight: int = 0,
-             last_activity_mono: float | None = None) -> LinkStep:
-        """Observe, count, decide and take the one action decided."""
+             last_activity_mono: float | None = None, app_bytes: int = 0) -> LinkStep:
+        """Observe, count, decide and take the one action decided; ``app_bytes`` are the
+        bytes the MQTT link counted itself since the last step (the budget's fallback)."""
+        if app_bytes > 0:
+            with self._budget_lock:
+                self.budget.count_app(app_bytes, self.clock.wall())
+                self._save()
         snap = self.client.snapshot()
         fresh = snap.path is not None and snap.path != self._signal_asked_for
         if fresh and self.signal_rate_s and self.client.setup_signal(self.signal_rate_s):

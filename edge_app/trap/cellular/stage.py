@@ -3,9 +3,12 @@
 Why a stage of its own: bringing the bearer up or down is a ModemManager call that can take a
 minute (Simple.Connect on a weak signal), and the MQTT link must not wait on it; the stage
 only reads what the MQTT link has to do (rows waiting for it, messages in flight, when it last
-moved anything) and leaves the link's own reconnects to paho. The MQTT session survives the
-bearer going down (``clean_start=False`` with a session expiry), so a command sent while the
-trap is offline arrives when the bearer is next up.
+moved anything, the bytes its sockets carried) and tells it one thing back, through the
+:attr:`CellularStage.on_route` hook: the bearer came up (connect now, not after the reconnect
+backoff), went down (stop spending reconnect attempts), or there is no modem to say (the
+link's ordinary backoff). The MQTT session survives the bearer going down
+(``clean_start=False`` with a session expiry), so a command sent while the trap is offline
+arrives when the bearer is next up.
 
 Never a busy poll: after each step the stage sleeps until the policy's ``next_check_mono``
 (capped by :data:`BEAT_S` so the watchdog hears it), or until ModemManager signals a change
@@ -52,17 +55,22 @@ class LinkWork:
     """What the MQTT link has to do, as the stage reads it before a step.
 
     Attributes:
-        outbox_depth: rows waiting for the MQTT link (ready, in flight, awaiting a receipt).
+        outbox_depth: rows waiting for the MQTT link (ready, in flight, awaiting a receipt),
+            without the full images the data plan holds (they alone do not keep the bearer
+            up; one the station asked for does).
         in_flight: messages published and not yet acknowledged.
         last_activity_mono: when the MQTT link last published, was acknowledged or received
             a message (None: not yet).
         images_waiting: full images among the rows waiting (held ones included).
+        app_bytes: bytes the MQTT link's sockets carried since the last read (the data
+            plan's fallback count where the modem gives no bearer counters).
     """
 
     outbox_depth: int = 0
     in_flight: int = 0
     last_activity_mono: float | None = None
     images_waiting: int = 0
+    app_bytes: int = 0
 
 
 @dataclass
@@ -94,6 +102,11 @@ class CellularStage:
         self.last_work = LinkWork()
         self.last_step: LinkStep | None = None
         self.beat: Callable[[], None] = lambda: None  # the watchdog's, set at wiring
+        self.on_route: Callable[[bool | None], None] = lambda up: None
+        """The MQTT link's ``route`` (set at wiring): True when the bearer came up, False
+        when it went down, None when there is no modem to say. Called on changes only."""
+        self._route: bool | None = None
+        self._route_told = False
 
     def wake(self) -> None:
         """The outbox got work (or a stop): step now. Any thread; never blocks."""
@@ -111,9 +124,11 @@ class CellularStage:
             logger.warning("cellular: cannot read the outbox (%s); assuming work waits", e)
             work = LinkWork(outbox_depth=1)
         self.last_work = work
-        step = self.link.step(work.outbox_depth, work.in_flight, work.last_activity_mono)
+        step = self.link.step(work.outbox_depth, work.in_flight, work.last_activity_mono,
+                              work.app_bytes)
         self.last_step = step
         s, d = self.stats_, step.decision
+        self._tell_route(step)
         s.steps += 1
         s.want_up = d.want_up
         if d.reason != s.reason:
@@ -128,6 +143,23 @@ class CellularStage:
         wait = d.next_check_mono - self._clock.monotonic()
         return min(BEAT_S, max(MIN_WAIT_S, wait))
 
+    def _tell_route(self, step: LinkStep) -> None:
+        """The MQTT link's hook, on a change: a successful connect counts as up at once
+        (Simple.Connect returns once the bearer is up), a disconnect as down."""
+        d, snap = step.decision, step.snapshot
+        route: bool | None = None if snap.state == "absent" else snap.bearer_connected
+        if step.acted and d.action == "connect":
+            route = True
+        elif step.acted and d.action == "disconnect":
+            route = False
+        if self._route_told and route == self._route:
+            return
+        self._route, self._route_told = route, True
+        try:
+            self.on_route(route)
+        except Exception:  # a hook's bug must not stop the modem's stage
+            logger.exception("cellular: the route hook failed")
+
     def run(self, stop: threading.Event) -> None:
         """Step, then sleep until the next check, a ModemManager change or a wake."""
         try:
@@ -139,6 +171,10 @@ class CellularStage:
                 self.link.client.wait_for_change(wait)
         finally:
             self.link.client.close()
+
+    def lora_state(self) -> tuple[str | None, bool]:
+        """The cellular state and low-signal bit for the LoRa status (any thread)."""
+        return lora_state(self.stats(), self.link.policy.failures, self.link.last.state)
 
     def stats(self) -> dict[str, Any]:
         """For the stats message: signal, link state, the month's data (additive)."""
@@ -155,6 +191,23 @@ class CellularStage:
                        "failed_connects": self.link.policy.failures}
         out["data"]["images_waiting"] = self.last_work.images_waiting
         return out
+
+
+LOW_SIGNAL_PERCENT = 20
+"""Signal quality under this is reported as low in the LoRa status."""
+
+
+def lora_state(stats: dict[str, Any], failures: int, modem: str) -> tuple[str | None, bool]:
+    """The LoRa status's cellular state (:data:`edge_app.core.lora_codec.CELL_STATES`) and
+    low-signal bit, from the stage's stats."""
+    link = stats.get("link", {}).get("state")
+    quality = stats.get("signal", {}).get("quality")
+    low = isinstance(quality, int) and quality < LOW_SIGNAL_PERCENT
+    if modem in ("failed", "locked"):
+        return "modem_error", low
+    state = {"up": "up", "no modem": "no_modem", "no signal": "no_signal", "down": "idle",
+             "connecting": "failing" if failures else "connecting"}.get(str(link))
+    return state, low and state != "no_modem"
 
 
 def make_cellular(cfg: Config, clock: Clock, work: Callable[[], LinkWork],
@@ -196,4 +249,8 @@ def mqtt_work(store: EventStore, link: MqttLink | None) -> LinkWork:
         conn.close()
     if link is None:
         return LinkWork(outbox_depth=sum(depth.values()), images_waiting=depth["image"])
-    return LinkWork(sum(depth.values()), link.in_flight(), link.activity_mono, depth["image"])
+    total = sum(depth.values())
+    if link.images_held() and not link.image_requests():
+        total -= depth["image"]  # held by the plan: no reason to keep the bearer up
+    return LinkWork(total, link.in_flight(), link.activity_mono, depth["image"],
+                    link.take_bytes())

@@ -19,6 +19,10 @@ command            body                                                   effect
                                                                           queued again
 ``resend``         ``{"events": ["LL-042-17"]}`` or                       the events' JSON is
                    ``{"from_seq": 10, "to_seq": 20}``                      queued again
+``images/send``    ``{"event": "LL-042-17"}``                             that event's full
+                                                                          image goes now, even
+                                                                          while the data plan
+                                                                          holds full images
 ``models/offer``   ``{"pack": "<sha256>", "bytes": N, "chunk_bytes": C}``  a model pack download
                                                                           starts or resumes;
                                                                           the result lists the
@@ -29,6 +33,14 @@ command            body                                                   effect
                                                                           to; the daemon
                                                                           restarts with it
 =================  =====================================================  ====================
+
+``images/send`` is how a station asks for full images the cellular data plan holds back, one
+by one: the event's held row (still ``ready`` in the outbox) is let through the plan's gate
+once, or, if the image went earlier or its row expired, queued again and let through; its
+bytes count in the month like any other. ``media/request`` for a whole ``-image`` does the
+same (it is what the station's "ask for the full image" button sends), and reuses a row that
+already waits instead of queueing the image twice. The pass is held in memory by the MQTT
+link: after a restart the station asks again.
 
 The two ``models/`` commands are :mod:`edge_app.trap.packs.remote`'s (the chunks themselves
 come on ``<prefix>/<unit>/pack/<sha256>/<i>``); a unit without ``detector.pack_public_key``
@@ -48,6 +60,7 @@ import logging
 import math
 import sqlite3
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +69,12 @@ from edge_app.core.errors import ConfigError, StorageError
 from edge_app.core.guard import Limits, Refusals, Refused, parse_object
 from edge_app.trap.packs.remote import PackCommandError, RemotePacks
 from edge_app.trap.settings import Settings
-from edge_app.trap.store.outbox import Kind, Outbox
+from edge_app.trap.store.outbox import Kind, Link, Outbox
 
 logger = logging.getLogger(__name__)
 
-COMMANDS: tuple[str, ...] = ("config/set", "media/request", "resend", "models/offer",
-                              "models/install")
+COMMANDS: tuple[str, ...] = ("config/set", "media/request", "resend", "images/send",
+                              "models/offer", "models/install")
 MAX_ID_LEN = 128
 MAX_RESEND = 1000
 MAX_CHUNKS = 100_000
@@ -83,12 +96,16 @@ class Commands:
         clock: wall time for queued rows.
         refusals: where refused payloads are counted (the link's stats show them).
         packs: model packs over MQTT (None: this unit takes none).
+        image_pass: lets one event's full image through the data plan's gate (the MQTT
+            link's; None: no gate, an image request only queues).
     """
 
     def __init__(self, settings: Settings, clock: Clock,
-                 refusals: Refusals | None = None, packs: RemotePacks | None = None) -> None:
+                 refusals: Refusals | None = None, packs: RemotePacks | None = None,
+                 image_pass: Callable[[str], None] | None = None) -> None:
         self._settings = settings
         self.packs = packs
+        self._image_pass = image_pass
         self._clock = clock
         self.refusals = refusals if refusals is not None else Refusals("mqtt commands", clock)
         self._done: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
@@ -123,6 +140,8 @@ class Commands:
                 result.update(self._media_request(body, conn))
             elif name == "resend":
                 result.update(self._resend(body, conn))
+            elif name == "images/send":
+                result.update(self._images_send(body, conn))
             else:
                 result.update(self._models(name, body))
         except (CommandError, PackCommandError) as e:
@@ -188,12 +207,49 @@ class Commands:
         total = max(1, math.ceil(path.stat().st_size / cfg.mqtt.chunk_bytes))
         if chunks is not None and (of not in (None, total) or max(chunks) >= total):
             chunks = None  # chunked differently (another chunk size): send the whole file
+        if kind == "image" and chunks is None:
+            row, _state = self._send_image(event_id, str(rel), conn)
+            return {"media": media_id, "queued": row, "chunks": "all", "of": total}
         outbox = Outbox(conn, self._clock, cfg.outbox)
         row = outbox.enqueue(
             Kind.IMAGE if kind == "image" else Kind.THUMB,
             media_path=str(rel), event_id=event_id, chunks=chunks,  # the MQTT link's topic
         )
         return {"media": media_id, "queued": row, "chunks": chunks or "all", "of": total}
+
+    def _images_send(self, body: dict[str, Any], conn: sqlite3.Connection) -> dict[str, Any]:
+        _only(body, {"id", "event"})
+        event_id = body.get("event")
+        if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LEN:
+            raise CommandError("'event' must be an event id such as 'LL-042-17'")
+        r = conn.execute("SELECT image_path FROM events WHERE id = ?", (event_id,)).fetchone()
+        if r is None:
+            raise CommandError(f"no event {event_id!r} on this unit")
+        rel = r[0]
+        if not rel or not (Path(self._settings.config.storage.root) / rel).is_file():
+            raise CommandError(f"the full image of {event_id} is not on the card (pruned, "
+                               "or the event kept none)")
+        row, state = self._send_image(event_id, str(rel), conn)
+        return {"event": event_id, "row": row, "state": state}
+
+    def _send_image(self, event_id: str, rel: str, conn: sqlite3.Connection) -> tuple[int, str]:
+        """The event's full image through the data plan's gate: its waiting MQTT row, or a
+        new one; (row id, ``waiting``/``in flight``/``queued``)."""
+        r = conn.execute(
+            "SELECT id, state FROM outbox WHERE event_id = ? AND kind = ? AND link = ? AND "
+            "state IN ('ready', 'inflight') ORDER BY id LIMIT 1",
+            (event_id, Kind.IMAGE.value, Link.MQTT.value)).fetchone()
+        if r is not None and r[1] == "inflight":
+            return int(r[0]), "in flight"
+        if r is not None:
+            row, state = int(r[0]), "waiting"
+        else:
+            row = Outbox(conn, self._clock, self._settings.config.outbox).enqueue(
+                Kind.IMAGE, media_path=rel, event_id=event_id)
+            state = "queued"
+        if self._image_pass is not None:
+            self._image_pass(event_id)
+        return row, state
 
     def _resend(self, body: dict[str, Any], conn: sqlite3.Connection) -> dict[str, Any]:
         _only(body, {"id", "events", "from_seq", "to_seq"})

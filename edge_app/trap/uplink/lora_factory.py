@@ -31,6 +31,7 @@ def make_lora(
     readings: Callable[[], tuple[float | None, float | None]],
     time_source: Callable[[], str],
     outbox_depth: Callable[[], int],
+    cellular: Callable[[], tuple[str | None, bool]] | None = None,
 ) -> LoraRouter:
     """The LoRaWAN router; keys are checked here, so a loose secrets file stops start-up with
     exit 2 instead of a stage restart loop.
@@ -44,6 +45,9 @@ def make_lora(
         readings: (battery V, temperature °C) from the supervisor MCU, or (None, None).
         time_source: what the Pi's clock comes from now (``none``: not synchronised).
         outbox_depth: rows not yet delivered.
+        cellular: the LTE link's state and low-signal bit for the status report (the
+            cellular stage's ``lora_state``; None without cellular): the station learns why
+            MQTT went silent.
     """
     import shutil
 
@@ -56,11 +60,12 @@ def make_lora(
         now = cfg()
         free_mb = shutil.disk_usage(now.storage.root).free / 1e6
         battery_v, temp_c = readings()
+        cell, low = cellular() if cellular is not None else (None, False)
         return codec.Status(
             battery_v=battery_v, temp_c=temp_c, time_synced=time_source() != "none",
             disk_free_gb=free_mb / 1000, outbox_depth=outbox_depth(),
             uptime_min=int((clock.monotonic() - started) / 60),
-            disk_low=free_mb < now.storage.min_free_mb)
+            disk_low=free_mb < now.storage.min_free_mb, cellular=cell, cell_signal_low=low)
 
     return LoraRouter(
         cfg(), db, clock,

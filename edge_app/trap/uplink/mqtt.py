@@ -3,9 +3,9 @@
 The adapter around three parts: :mod:`~edge_app.trap.uplink.mqtt_session` (the paho client:
 connection, TLS, will, subscriptions, reconnect backoff), :mod:`~edge_app.trap.uplink.mqtt_policy`
 (the pure send policy: what starts, what is in flight, what a PUBACK means) and
-:mod:`~edge_app.trap.uplink.mqtt_door` (the guarded door for what the link receives). Rows are
-transport-neutral; their topics and chunks are rendered at send time
-(:mod:`~edge_app.trap.uplink.mqtt_wire`).
+:mod:`~edge_app.trap.uplink.mqtt_inbound` (what the link receives, behind the guarded door of
+:mod:`~edge_app.trap.uplink.mqtt_door`). Rows are transport-neutral; their topics and chunks
+are rendered at send time (:mod:`~edge_app.trap.uplink.mqtt_wire`).
 
 Threads and ownership:
 
@@ -48,6 +48,12 @@ refused, counted per kind (``links.mqtt.refusals`` in the stats message) and log
 throttle — never raised into the uplink loop — and still acknowledged. A message found retained
 on the receipt or command topics is cleared from the broker, so it cannot come back.
 
+With an LTE modem, the cellular stage tells the link when the bearer comes up or goes down
+(:meth:`MqttLink.route`: connect at once, or stop spending reconnect attempts; see
+:mod:`~edge_app.trap.uplink.mqtt_session`), reads the bytes its sockets carried for the data
+plan (:meth:`MqttLink.take_bytes`, :mod:`~edge_app.trap.uplink.mqtt_bytes`), and gates full
+images (``image_gate``; a station's ``images/send`` passes it once).
+
 Expiry, purging and retention of rows are the store's housekeeping
 (:mod:`edge_app.trap.store.upkeep`), whatever links are on.
 
@@ -75,19 +81,18 @@ from typing import Any
 
 from edge_app.core.clock import Clock, SystemClock
 from edge_app.core.config import Config
-from edge_app.core.guard import Refusals, Refused
 from edge_app.core.mqtt_common import new_properties, read_password_file
-from edge_app.core.topics import ack_topic, cmd_result_topic, cmd_topic, pack_topic, stats_topic
-from edge_app.trap.packs.download import DownloadError
+from edge_app.core.topics import stats_topic
 from edge_app.trap.packs.remote import RemotePacks
 from edge_app.trap.settings import Settings
 from edge_app.trap.store.db import open_db
 from edge_app.trap.store.outbox import Kind, Link, Outbox
 from edge_app.trap.store.receipts import Receipts
 from edge_app.trap.store.retention import DiskGuard
-from edge_app.trap.uplink.commands import Commands
 from edge_app.trap.uplink.counters import Counters
-from edge_app.trap.uplink.mqtt_door import CommandCall, MqttDoor, PackChunk, Receipt
+from edge_app.trap.uplink.mqtt_bytes import SocketBytes
+from edge_app.trap.uplink.mqtt_door import CommandCall
+from edge_app.trap.uplink.mqtt_inbound import Inbound
 from edge_app.trap.uplink.mqtt_policy import Refusal, SendPolicy
 from edge_app.trap.uplink.mqtt_rows import DB_RETRY_S, ImageGate, MqttRows
 from edge_app.trap.uplink.mqtt_session import (
@@ -98,6 +103,7 @@ from edge_app.trap.uplink.mqtt_session import (
     Event,
     Message,
     Published,
+    Route,
     Session,
     Wake,
     check_credentials,
@@ -148,14 +154,13 @@ class MqttLink:
         # When a row's message was last published or acknowledged, or a message came in: the
         # cellular stage's idle timer. One float, written here, read there.
         self.activity_mono: float | None = None
+        self.socket_bytes = SocketBytes()  # paho's sockets, read by the cellular stage
         self._on_config = on_config
         self.report = StatsReport(self.clock, DiskGuard.from_config(cfg), stats_source)
-        self._commands = Commands(self.settings, self.clock, packs=packs)
-        self.receipt_refusals = Refusals("mqtt receipts", self.clock)
-        m = cfg.mqtt
-        self.door = MqttDoor(ack_topic(m.topic_prefix, cfg.unit.id),
-                             cmd_topic(m.topic_prefix, cfg.unit.id, ""), self.receipt_refusals,
-                             pack_topic(m.topic_prefix, cfg.unit.id, "") if packs else "")
+        self.inbound = Inbound(cfg, self.settings, self.clock, packs,
+                               lambda event_id: self.rows.let_through(event_id), self._count)
+        self.receipt_refusals = self.inbound.receipt_refusals
+        self.door = self.inbound.door
         self._events: queue.Queue[Event] = queue.Queue()
         self._wake_pending = threading.Event()
         self.beat: Callable[[], None] = lambda: None  # the watchdog's, set by the daemon
@@ -165,9 +170,6 @@ class MqttLink:
         # Owned by the uplink thread:
         self.policy = SendPolicy(cfg.mqtt, cfg.outbox, self._started_mono)
         self._session: Session | None = None
-        # When a model pack last moved (chunk or models/* command): the power stage keeps the
-        # Pi up through a download in gated mode. One float, written here, read there.
-        self.pack_activity_mono: float | None = None
         self._status_mid: int | None = None
         self._status_acked = self._connect_warned = False
         self.settings.subscribe(self._apply_cfg)
@@ -178,6 +180,12 @@ class MqttLink:
     def cfg(self) -> Config:
         """The current config (the settings service's)."""
         return self.settings.config
+
+    @property
+    def pack_activity_mono(self) -> float | None:
+        """When a model pack last moved (the power stage keeps the Pi up through a download
+        in gated mode)."""
+        return self.inbound.pack_activity_mono
 
     @property
     def username(self) -> str:
@@ -191,6 +199,18 @@ class MqttLink:
         if not self._wake_pending.is_set():
             self._wake_pending.set()
             self._events.put_nowait(WAKE)
+
+    def route(self, up: bool | None) -> None:
+        """The cellular bearer came up or went down (the cellular stage's hook; any thread,
+        never blocks): up, the link connects now instead of waiting out its backoff; down,
+        it stops spending reconnect attempts (see :mod:`.mqtt_session`); None (no modem to
+        say), its ordinary backoff."""
+        self._events.put_nowait(Route(up))
+
+    @property
+    def reconnects_held(self) -> bool:
+        """Whether reconnects wait for the bearer (the cellular stage said it is down)."""
+        return self._session is not None and self._session.held
 
     @property
     def state(self) -> LinkState:
@@ -208,6 +228,11 @@ class MqttLink:
         snap.state = self._state.value
         return snap
 
+    def take_bytes(self) -> int:
+        """Bytes the link's sockets carried since the last call (any thread; the data plan's
+        count where the modem has none, :mod:`.mqtt_bytes`)."""
+        return self.socket_bytes.take()
+
     def in_flight(self) -> int:
         """Messages of rows awaiting a PUBACK (any thread: a torn read is harmless)."""
         return len(self.policy.mid_row)
@@ -217,10 +242,14 @@ class MqttLink:
         rows = getattr(self, "rows", None)
         return bool(rows is not None and rows.images_held)
 
+    def image_requests(self) -> int:
+        """Full images the station asked for that have not started yet (``images/send``)."""
+        rows = getattr(self, "rows", None)
+        return 0 if rows is None else len(rows.passes)
+
     def refusals(self) -> dict[str, dict[str, int]]:
         """What the link's doors refused, per door and kind."""
-        return {"receipts": self.receipt_refusals.snapshot(),
-                "commands": self._commands.refusals.snapshot()}
+        return self.inbound.refusals()
 
     # -- the uplink thread --------------------------------------------------------------
 
@@ -243,7 +272,8 @@ class MqttLink:
                                  lambda: self.cfg, self._count, self._count_sent,
                                  self._chunk_override, self._image_gate)
             session = self._session = Session(cfg, self.clock, self._events, self._password,
-                                              cfg.outbox.max_inflight, self._rng)
+                                              cfg.outbox.max_inflight, self._rng,
+                                              self.socket_bytes)
             self._set_state(LinkState.CONNECTING)
             m = cfg.mqtt
             logger.info("MQTT: connecting to %s:%d as %s (tls=%s, receipts=%s)", m.host, m.port,
@@ -329,7 +359,7 @@ class MqttLink:
                     refused[r.row_id] = r
             elif isinstance(ev, Message):
                 self.activity_mono = mono
-                self._on_message(ev, s, commands)
+                self.inbound.sort(ev, s, self.policy, commands)
             elif isinstance(ev, Connected):
                 self._on_connected(ev, mono)
             elif isinstance(ev, Disconnected):
@@ -341,6 +371,8 @@ class MqttLink:
                 self._set_state(LinkState.DISCONNECTED)
                 logger.warning("MQTT: disconnected (%s); %d message(s) in flight will be "
                                "resent", ev.reason, len(self.policy.mid_row))
+            elif isinstance(ev, Route):
+                self._on_route(ev.up, s)
             elif isinstance(ev, ConnectFailed):  # paho keeps retrying with its backoff
                 # One warning per outage, not one per retry for days on end.
                 level = logging.DEBUG if self._connect_warned else logging.WARNING
@@ -351,13 +383,7 @@ class MqttLink:
         self.rows.flush(now, mono)
         for r in refused.values():
             self.rows.refused(r, now, mono)
-        for call in commands:
-            if call.name.startswith("models/"):
-                self.pack_activity_mono = self.clock.monotonic()
-            result = self._commands.handle(call.name, call.payload, conn)
-            self._count(commands=1)
-            topic = cmd_result_topic(self.cfg.mqtt.topic_prefix, self.cfg.unit.id, call.name)
-            s.publish(topic, json.dumps(result, separators=(",", ":")).encode())
+        self.inbound.run(commands, s, conn)
 
     def _on_connected(self, ev: Connected, mono: float) -> None:
         self._connect_warned = False
@@ -370,34 +396,15 @@ class MqttLink:
         logger.info("MQTT: connected (session present: %s), %d message(s) in flight",
                     ev.session_present, len(self.policy.mid_row))
 
-    def _on_message(self, ev: Message, s: Session, commands: list[CommandCall]) -> None:
-        """A message in: through the door; a retained one is cleared from the broker."""
-        what = self.door.sort(ev.topic, ev.payload)
-        if isinstance(what, Receipt):
-            self.policy.receipt(what.ids)
-        elif isinstance(what, CommandCall):
-            commands.append(what)
-        elif isinstance(what, PackChunk):
-            self._pack_chunk(what)
-        if ev.retain and ev.payload and self.door.inbound(ev.topic):
-            logger.warning("MQTT: a message was left retained on %s: clearing it", ev.topic)
-            s.clear_retained(ev.topic)
-            self._count(retained_cleared=1)
-
-    def _pack_chunk(self, c: PackChunk) -> None:
-        """A model pack chunk onto the card; one that fits no offered download is counted
-        (the sender learns what is still missing from its next ``models/offer``)."""
-        packs = self._commands.packs
-        if packs is None:
+    def _on_route(self, up: bool | None, s: Session) -> None:
+        if self._state is LinkState.STOPPED:
+            return  # stopping: paho's thread must not be started again
+        if not up:
+            s.hold(up is False)
             return
-        self.pack_activity_mono = self.clock.monotonic()
-        try:
-            packs.chunk(c.sha256, c.index, c.payload)
-            self._count(pack_chunks=1)
-        except DownloadError as e:
-            self.receipt_refusals.count(Refused("pack_chunk", str(e)), "pack")
-        except OSError as e:  # the card; the chunk is asked for again
-            logger.warning("MQTT: model pack chunk %d not written: %s", c.index, e)
+        self._count(route_nudges=1)
+        if s.retry_now():
+            logger.info("MQTT: the cellular bearer is up: connecting now")
 
     # -- stats and stop -----------------------------------------------------------------
 

@@ -54,7 +54,8 @@ class MqttRows:
         count_sent: counts delivered rows per kind.
         chunk_override: media chunk size instead of ``mqtt.chunk_bytes`` (tests, bench).
         image_gate: asked before each full image starts (None: every image may go); a refusal
-            holds full images for :data:`IMAGE_HOLD_S`, the rows staying ready.
+            holds full images for :data:`IMAGE_HOLD_S`, the rows staying ready. An image the
+            station asked for (:meth:`let_through`) passes the gate and the hold once.
     """
 
     def __init__(self, outbox: Outbox, receipts: Receipts, policy: SendPolicy,
@@ -67,6 +68,25 @@ class MqttRows:
         self._image_gate = image_gate
         self.images_held = False
         self.retry_at: float | None = None
+        self.passes: set[str] = set()
+        """Events whose full image goes at the next chance, whatever the plan says."""
+
+    def let_through(self, event_id: str) -> None:
+        """The station asked for this event's full image (``images/send``): its ready row
+        starts at the next pump, past the data plan's gate and hold (one image at a time
+        still), and its bytes count in the month as any other."""
+        self.passes.add(event_id)
+
+    def _passed_rows(self, have: set[int]) -> list[OutboxRow]:
+        """Ready MQTT image rows of the events let through (not already in ``have``)."""
+        events = sorted(self.passes)[:100]
+        rows = self.outbox.conn.execute(
+            f"SELECT * FROM outbox WHERE state = 'ready' AND kind = ? AND link = ? AND "  # noqa: S608 - placeholders only
+            f"event_id IN ({', '.join('?' for _ in events)}) ORDER BY id",
+            [Kind.IMAGE.value, Link.MQTT.value, *events]).fetchall()
+        found = [OutboxRow.from_row(r) for r in rows]
+        self.passes -= set(events) - {r.event_id for r in found}  # nothing left to send
+        return [r for r in found if r.id not in have]
 
     def blocked(self, mono: float) -> bool:
         """True while a database error pauses sending."""
@@ -121,9 +141,18 @@ class MqttRows:
         except sqlite3.Error as e:
             self._db_failed("read the outbox", e, mono)
             return
+        if self.passes and not p.image_busy():
+            try:
+                due = self._passed_rows({r.id for r in due}) + due
+            except sqlite3.Error as e:
+                self._db_failed("read the outbox", e, mono)
+                return
         if self._image_gate is not None:
-            due = [row for row in due if row.kind != Kind.IMAGE or self._image_ok(row, now, mono)]
-        starting = [t for row in p.admit(due) if (t := self._start(row, now, mono))]
+            due = [row for row in due if row.kind != Kind.IMAGE or row.event_id in self.passes
+                   or self._image_ok(row, now, mono)]
+        admitted = p.admit(due)
+        self.passes -= {r.event_id for r in admitted if r.kind == Kind.IMAGE and r.event_id}
+        starting = [t for row in admitted if (t := self._start(row, now, mono))]
         if starting:
             try:
                 self.outbox.mark_inflight_many([t.row_id for t in starting], now)

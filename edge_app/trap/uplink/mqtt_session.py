@@ -11,6 +11,15 @@ attempt is set here, from the project's one backoff rule (:mod:`edge_app.core.ba
 jitter between ``mqtt.reconnect_min_s`` and ``reconnect_max_s``), so a park of traps that lost
 the same base station does not reconnect in the same second.
 
+The route's word (the cellular stage knows when the LTE bearer is up): :meth:`Session.hold`
+while the bearer is down stretches the wait to :data:`HELD_RETRY_S` (attempts with no route
+cost nothing but are pointless; a probe stays, in case the trap has another route the stage
+does not see), and :meth:`Session.retry_now` when it comes up ends paho's wait and connects at
+once with the backoff reset. paho's wait cannot be interrupted (it sleeps in steps of at most
+1 s checking only for a stop), so ``retry_now`` stops paho's network thread — within that
+second — and starts it again on a fresh ``connect_async``: messages awaiting a PUBACK stay in
+paho's session and are resent after the CONNACK as on any reconnect.
+
 Subscriptions (receipts on ``<prefix>/<unit>/ack``, commands under ``.../cmd/#``) use MQTT 5
 options: No Local (the unit's own command results and clearing messages must not come back),
 Retain As Published (a retained message is recognisable, so the link can clear it), and
@@ -45,11 +54,14 @@ from edge_app.core.config import Config
 from edge_app.core.errors import ConfigError
 from edge_app.core.mqtt_common import new_properties, read_password_file
 from edge_app.core.topics import ack_topic, cmd_topic, pack_topic, status_topic
+from edge_app.trap.uplink.mqtt_bytes import SocketBytes
 
 logger = logging.getLogger(__name__)
 
 DEAD_FACTOR = 1.5
 """A connection silent for this many keepalive periods is dead (paho alone waits two)."""
+HELD_RETRY_S = 900.0
+"""Reconnect delay while the route is known to be down (:meth:`Session.hold`)."""
 OK_RC = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
 """Publish return codes that mean "in flight": NO_CONN means the connection dropped a moment
 ago; paho queued the message and sends it after reconnecting."""
@@ -94,7 +106,15 @@ class Wake:
     pass
 
 
-Event = Connected | ConnectFailed | Disconnected | Published | Message | Wake
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The cellular bearer came up (True) or went down (False), or there is no modem to
+    say (None); from the cellular stage."""
+
+    up: bool | None
+
+
+Event = Connected | ConnectFailed | Disconnected | Published | Message | Wake | Route
 WAKE = Wake()
 
 
@@ -137,12 +157,15 @@ class Session:
         password: from :func:`check_credentials`.
         max_inflight: our own in-flight limit (paho's must never be the one that queues).
         rng: jitter of the reconnect delay.
+        counter: counts the bytes the client's sockets carry (the data plan's fallback).
     """
 
     def __init__(self, cfg: Config, clock: Clock, events: queue.Queue[Event],
-                 password: str | None, max_inflight: int, rng: random.Random) -> None:
+                 password: str | None, max_inflight: int, rng: random.Random,
+                 counter: SocketBytes | None = None) -> None:
         m = cfg.mqtt
         self.cfg, self.clock, self._events, self._rng = cfg, clock, events, rng
+        self.bytes = counter if counter is not None else SocketBytes()
         self.status_topic = status_topic(m.topic_prefix, cfg.unit.id)
         self.ack_topic = ack_topic(m.topic_prefix, cfg.unit.id)
         self.cmd_prefix = cmd_topic(m.topic_prefix, cfg.unit.id, "")
@@ -151,6 +174,7 @@ class Session:
                             if cfg.detector.pack_public_key else None)
         self._reconnect = Backoff(m.reconnect_min_s, m.reconnect_max_s, "equal")
         self._failures = 0
+        self.held = False  # the route is down: read by paho's thread (a bool: atomic)
         self.last_in = clock.monotonic()  # written by paho's thread (a float: atomic)
         self.client = self._make_client(password, max_inflight)
 
@@ -184,6 +208,8 @@ class Session:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_log = self._on_log
+        client.on_socket_open = lambda _c, _u, sock: self.bytes.opened(sock)
+        client.on_socket_close = lambda _c, _u, sock: self.bytes.closed(sock)
         return client
 
     @staticmethod
@@ -200,6 +226,24 @@ class Session:
                                   properties=props)
         self.client.loop_start()
 
+    def hold(self, held: bool) -> None:
+        """The route is down (True) or no longer known to be: paho's next wait is
+        :data:`HELD_RETRY_S` instead of the backoff (module docstring)."""
+        self.held = held
+
+    def retry_now(self) -> bool:
+        """The route just came up: end paho's reconnect wait and connect now, the backoff
+        reset (module docstring). False when already connected (nothing to do). Blocks the
+        caller up to ~1 s (paho's thread finishing its sleep step)."""
+        self.held = False
+        self._failures = 0
+        self._set_delay(self.client, self.cfg.mqtt.reconnect_min_s)
+        if self.client.is_connected():
+            return False
+        self.client.loop_stop()
+        self.start()
+        return True
+
     def stop(self) -> None:
         """A normal DISCONNECT (the broker does not send the will), then paho's thread ends."""
         self.client.disconnect()
@@ -215,6 +259,7 @@ class Session:
             return None, str(e)
         if info.rc not in OK_RC:
             return None, mqtt.error_string(info.rc)
+        self.bytes.estimate(len(topic) + len(payload))
         return info.mid, ""
 
     def clear_retained(self, topic: str) -> None:
@@ -277,7 +322,9 @@ class Session:
     def _next_delay(self, client: mqtt.Client) -> None:
         """Before paho's next reconnect wait: the project's backoff, jittered."""
         self._failures += 1
-        self._set_delay(client, self._reconnect.delay(self._failures, self._rng))
+        delay = (HELD_RETRY_S if self.held
+                 else self._reconnect.delay(self._failures, self._rng))
+        self._set_delay(client, delay)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._next_delay(client)
@@ -296,6 +343,7 @@ class Session:
         # Queued as bytes, parsed on the uplink thread behind the door; paho sends the QoS 1
         # PUBACK when this returns, whatever the payload holds.
         self._events.put_nowait(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
+        self.bytes.estimate(len(msg.topic) + len(msg.payload))
 
     def _on_log(self, client: mqtt.Client, userdata: Any, level: int, buf: str) -> None:
         # paho logs every packet it reads as "Received <TYPE> …", PINGRESP included, which is

@@ -52,6 +52,7 @@ class LinkStats:
         pack_chunks: model pack chunks written to the card.
         stats_published: stats messages published.
         retained_cleared: retained messages cleared from our inbound topics.
+        route_nudges: times the cellular stage said the bearer came up (connect at once).
     """
 
     state: str = LinkState.STOPPED.value
@@ -70,6 +71,7 @@ class LinkStats:
     pack_chunks: int = 0
     stats_published: int = 0
     retained_cleared: int = 0
+    route_nudges: int = 0
 
 
 def stats_body(*, unit: str, wall: float, uptime_s: float, free_bytes: int, min_free: int,

@@ -457,7 +457,7 @@ def status_figures(source: Callable[[], codec.Status] | None, mqtt_up: bool,
         battery_v=base.battery_v, temp_c=base.temp_c, disk_free_gb=base.disk_free_gb,
         outbox_depth=base.outbox_depth, uptime_min=base.uptime_min,
         time_synced=base.time_synced, mqtt_connected=mqtt_up, disk_low=base.disk_low,
-        lora_backlog=backlog)
+        lora_backlog=backlog, cellular=base.cellular, cell_signal_low=base.cell_signal_low)
 
 
 def _probe(mqtt_connected: Callable[[], bool] | None) -> bool:

@@ -87,8 +87,12 @@ def test_plan_runs_out_mid_month_then_rolls_over() -> None:
     assert held > 0
     assert b.used_bytes() <= 500 * MB
     assert b.usage(day_one + 29 * DAY).held_images == held
+    # asking whether images would fit is a question: it counts no held image
+    assert not b.fits("full_image", 0, day_one + 29 * DAY)
+    assert b.usage(day_one + 29 * DAY).held_images == held
     # a new month: counters start again, images go again, the bearer's deltas continue
     december = ts(2026, 12, 1, 6)
+    assert b.fits("full_image", 0, december)
     assert b.allows("full_image", 350_000, december)
     assert b.usage(december).used_bytes == 0
     assert b.observe_bearer("/b/0", 0, rx + 1000, december) == 1000

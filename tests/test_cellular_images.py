@@ -130,6 +130,10 @@ def test_the_station_asks_for_held_images_one_by_one(plan_spent: Any) -> None:
     wait_for(lambda: mqtt_work(store, link).outbox_depth == 0, timeout_s=10,
              what="nothing but held images left")
     assert mqtt_work(store, link).images_waiting == 2
+    # once the plan would let them go (the month rolled over), they are work again: nothing
+    # else may bring an on-demand bearer up to find out
+    assert mqtt_work(store, link, lambda: True).outbox_depth == 2
+    assert not stage.images_fit()
     stage.wake()
     wait_for(lambda: stage.stats()["data"]["held_images"] >= 1, timeout_s=5, what="counted")
     used_before = stage.stats()["data"]["used_mb"]

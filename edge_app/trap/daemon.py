@@ -29,7 +29,7 @@ from edge_app.core.config import Config
 from edge_app.core.errors import ConfigError, ModelError
 from edge_app.core.events import Burst, FrameResult, TriggerEvent, Verdict
 from edge_app.trap.capture import capture_burst
-from edge_app.trap.cellular.stage import make_cellular, mqtt_work
+from edge_app.trap.cellular.stage import CellularStage, make_cellular, mqtt_work
 from edge_app.trap.daemon_stats import Counters, daemon_stats
 from edge_app.trap.detect.background import BackgroundMemory
 from edge_app.trap.detect.burst import slim_burst
@@ -131,7 +131,9 @@ class App:
         self.restart_requested = False
         # The LTE modem (trap/cellular/stage.py): up when the MQTT link has work, within the
         # SIM's data plan, which the MQTT link asks before each full image.
-        self.cellular = make_cellular(cfg, self.clock, lambda: mqtt_work(self.store, self.link))
+        self.cellular: CellularStage | None = None
+        self.cellular = make_cellular(cfg, self.clock, lambda: mqtt_work(
+            self.store, self.link, self.cellular.images_fit if self.cellular else None))
         self.link: MqttLink | None = (
             MqttLink(cfg, self.store.db_path, self.clock, stats_source=self.stats_extra,
                      settings=self.settings,

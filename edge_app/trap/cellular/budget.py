@@ -221,13 +221,18 @@ class DataBudget:
         return Usage(used, source, projected, self.plan_bytes, start, end,
                      self.state.held_images)
 
-    def allows(self, kind: Kind, size_bytes: int, wall: float) -> bool:
-        """Whether a message of ``kind`` may go now (module docstring). A held full image
-        is counted in ``held_images``."""
+    def fits(self, kind: Kind, size_bytes: int, wall: float) -> bool:
+        """Whether a message of ``kind`` would go now; counts nothing (a question, e.g. the
+        stage asking whether held images are work again after the month rolled over)."""
         if kind != "full_image" or self.plan_bytes == 0:
             return True
         projected = self.usage(wall).projected_bytes
-        if projected + size_bytes <= self.plan_bytes * (1 - self.margin):
+        return projected + size_bytes <= self.plan_bytes * (1 - self.margin)
+
+    def allows(self, kind: Kind, size_bytes: int, wall: float) -> bool:
+        """Whether a message of ``kind`` may go now (module docstring). A held full image
+        is counted in ``held_images``."""
+        if self.fits(kind, size_bytes, wall):
             return True
         self.state.held_images += 1
         return False

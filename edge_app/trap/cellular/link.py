@@ -107,6 +107,11 @@ class CellularLink:
                 self._save()  # the held count survives a reboot too
             return ok
 
+    def images_fit(self, wall: float) -> bool:
+        """Whether full images would go now (any thread; counts nothing)."""
+        with self._budget_lock:
+            return self.budget.fits("full_image", 0, wall)
+
     def _act(self, d: LinkDecision) -> bool:
         if d.action == "none":
             return True

@@ -116,6 +116,10 @@ class CellularStage:
         """The data budget's word on one full image (the uplink's thread asks)."""
         return self.link.allows_image(size_bytes, wall)
 
+    def images_fit(self) -> bool:
+        """Whether the data plan would let full images go now (held ones are work again)."""
+        return self.link.images_fit(self._clock.wall())
+
     def step(self) -> float:
         """One observe–decide–act turn; returns how long to sleep before the next."""
         try:
@@ -237,8 +241,13 @@ def make_cellular(cfg: Config, clock: Clock, work: Callable[[], LinkWork],
     return CellularStage(link, work, clock)
 
 
-def mqtt_work(store: EventStore, link: MqttLink | None) -> LinkWork:
-    """What the MQTT link has to do, read on the stage's thread (its own short connection)."""
+def mqtt_work(store: EventStore, link: MqttLink | None,
+              images_fit: Callable[[], bool] | None = None) -> LinkWork:
+    """What the MQTT link has to do, read on the stage's thread (its own short connection).
+
+    Full images the plan holds are no reason to bring the bearer up, unless the station asked
+    for one or the plan would let them go again (``images_fit``: after the month rolled over,
+    nothing else may bring the link up to find out)."""
     from edge_app.trap.store.db import open_db
     from edge_app.trap.store.outbox import Link, Outbox
 
@@ -250,7 +259,8 @@ def mqtt_work(store: EventStore, link: MqttLink | None) -> LinkWork:
     if link is None:
         return LinkWork(outbox_depth=sum(depth.values()), images_waiting=depth["image"])
     total = sum(depth.values())
-    if link.images_held() and not link.image_requests():
+    if link.images_held() and not link.image_requests() and not (
+            images_fit is not None and images_fit()):
         total -= depth["image"]  # held by the plan: no reason to keep the bearer up
     return LinkWork(total, link.in_flight(), link.activity_mono, depth["image"],
                     link.take_bytes())

@@ -94,6 +94,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from edge_app.core.config import DetectorConfig
     from edge_app.core.models_dir import resolve_models_dir
     from edge_app.tools.batch import run_detect
@@ -103,8 +105,12 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     if md is not None and not md.parent.is_dir():
         print(f"detect: folder of --md-json {md} does not exist", file=sys.stderr)
         return EXIT_USAGE
-    return run_detect(args.paths, models_dir, DetectorConfig(), args.json, sys.stdout,
-                      md_json=md)
+    det = DetectorConfig()
+    if args.detector:
+        det = replace(det, detector=args.detector)
+    if args.classifier is not None:
+        det = replace(det, classifier=args.classifier)
+    return run_detect(args.paths, models_dir, det, args.json, sys.stdout, md_json=md)
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
@@ -175,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="one JSON object per image")
     t.add_argument("--md-json", metavar="OUT",
                    help="also write MegaDetector batch output (format 1.6) to OUT")
+    t.add_argument("--detector", metavar="CARD",
+                   help="detector card (default: the config default, yolov8n_coco_int8_640)")
+    t.add_argument("--classifier", metavar="CARD", default=None,
+                   help="crop classifier card, '' for none (default: the config default)")
     t.set_defaults(func=_cmd_detect, quiet=True)
 
     a = sub.add_parser("alerts", help="ranger side: print alerts as they arrive")

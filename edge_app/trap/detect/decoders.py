@@ -106,7 +106,9 @@ def _filter_nms(boxes: Boxes, scores: NDArray[np.float32], class_ids: NDArray[np
         keep = nms(boxes, scores, iou_thr, max_det, groups=groups)
     else:
         keep = np.argsort(-scores, kind="stable")[:max_det]
-    return boxes[keep], scores[keep], class_ids[keep]
+    # An int8 score's top step can dequantise a hair above 1 (e.g. 1.006): a confidence is
+    # reported in [0, 1] whatever the output's quantisation.
+    return boxes[keep], np.minimum(scores[keep], np.float32(1.0)), class_ids[keep]
 
 
 def _top_candidates(cand: NDArray[np.intp], conf: NDArray[Any],

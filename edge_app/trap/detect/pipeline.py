@@ -292,8 +292,9 @@ class Pipeline:
         t2 = time.perf_counter()
         dec = self._head.decode(raw, det, th.decode, cfg.iou_threshold, MAX_DETECTIONS,
                                 th.per_class)
-        cat_max = det.classes.category_max(dec.class_max)
-        sp_max = det.classes.species_max(dec.class_max)
+        class_max = np.minimum(dec.class_max, np.float32(1.0))  # as the boxes' (decoders)
+        cat_max = det.classes.category_max(class_max)
+        sp_max = det.classes.species_max(class_max)
         norm = prep.geometry.to_normalised(dec.boxes)
         boxes: list[_Box] = []
         for k in range(dec.scores.shape[0]):

@@ -175,6 +175,12 @@ class Pipeline:
         """The site head in use (``detector.head`` or the active pack's), or None."""
         return None if self.site is None else self.site.head
 
+    @head.setter
+    def head(self, value: SiteHead | None) -> None:
+        # ``bench detect`` times a head it loads (or a zero head) on a pipeline built with embed.
+        assert self.site is not None
+        self.site.head = value
+
     @property
     def head_threshold(self) -> float:
         """P(empty) at or above which the head votes empty: config, else the head file's."""

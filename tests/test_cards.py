@@ -163,6 +163,10 @@ def test_unknown_card_and_bad_names(tmp_path: Path) -> None:
     (lambda d: d["output"].update(anchors="x.npy"), r"output\.anchors: unknown key"),
     (lambda d: d["categories"].update(plant=["potted plant"]), r"categories\.plant"),
     (lambda d: d["categories"].update(person="person"), r"must be a list of label names"),
+    (lambda d: d.update(second_look_tiles="yes"), r"second_look_tiles: must be true/false"),
+    (lambda d: d.update(task="classifier", second_look_tiles=True,
+                        output={"format": "classifier"}),
+     r"second_look_tiles: only a detector card"),
 ])
 def test_bad_cards_name_the_key(tmp_path: Path, change: Any, match: str) -> None:
     data = card_data()

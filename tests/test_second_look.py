@@ -199,9 +199,10 @@ KEPT = "animl-py/examples__Jaguar__AABP_13_20051007_1205.jpg"
 
 @pytest.fixture(scope="module")
 def pipelines(models_dir: Path) -> Iterator[tuple[Pipeline, Pipeline]]:
-    """Without the second look, and with the tiles."""
-    with Pipeline(DetectorConfig(), models_dir) as plain, \
-            Pipeline(DetectorConfig(second_look_tiles=True), models_dir) as second:
+    """Without the second look, and with the tiles (the default)."""
+    assert DetectorConfig().second_look_tiles  # shipped on: the best measured setting
+    with Pipeline(DetectorConfig(second_look_tiles=False), models_dir) as plain, \
+            Pipeline(DetectorConfig(), models_dir) as second:
         yield plain, second
 
 
@@ -245,3 +246,20 @@ def test_no_second_look_on_a_frame_already_kept(pipelines: tuple[Pipeline, Pipel
     assert second.last_second_look is None
     assert "second_look" not in r.stages_ms
     assert r.detections == first.detections
+
+
+@pytest.mark.models
+def test_tiles_only_with_a_detector_whose_card_was_measured_with_them(
+        models_dir: Path, field_dir: Path) -> None:
+    """On by default for the default detector (its card says the tiles help); a site that
+    swaps in the SSD, whose card does not (it keeps a blank frame with tiles), gets none."""
+    with Pipeline(DetectorConfig(), models_dir) as yolo:
+        assert yolo.detector_card.second_look_tiles
+        assert yolo.second is not None
+        assert yolo.second.look.settings.looks == ("tiles",)
+    ssd = "ssd_mobilenet_v2_fpnlite_coco_uint8_256"
+    with Pipeline(DetectorConfig(detector=ssd), models_dir) as p:
+        assert not p.detector_card.second_look_tiles
+        assert p.second is None
+        r = p.analyse(field_dir / EMPTY)
+        assert "second_look" not in r.stages_ms

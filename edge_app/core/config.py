@@ -207,13 +207,14 @@ class DetectorConfig:
     head_threshold: float = _f(0.0, "the head votes 'empty' at or above this P(empty) (0 = "
                                "the cross-validated threshold stored in the head file)",
                                min=0, max=1)
-    second_look_tiles: bool = _f(False, "second look: when every raw score of a frame stays "
+    second_look_tiles: bool = _f(True, "second look: when every raw score of a frame stays "
                                  "below second_look_below, run the detector again on 2x2 "
                                  "overlapping windows of the frame at full resolution (4 "
-                                 "invokes, only on such frames; with yolov8n_coco_int8_640 "
-                                 "the field set keeps 86 of 106 animals instead of 80, every "
-                                 "empty still discarded; with the SSD detector a blank frame "
-                                 "is kept)")
+                                 "invokes, only on such frames), with a detector whose card "
+                                 "says the tiles were measured to help (second_look_tiles in "
+                                 "the card: yolov8n_coco_int8_640 keeps 86 of 106 field-set "
+                                 "animals instead of 80, every empty still discarded; the "
+                                 "SSD's card does not: it keeps a blank frame with them)")
     second_look_ir: bool = _f(False, "second look: on such a frame that is infrared (grey), "
                               "run the detector again on a contrast-stretched copy (1 invoke; "
                               "off: it kept no animal more on the field set)")

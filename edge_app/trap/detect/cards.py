@@ -31,6 +31,7 @@ Card schema (version 1)::
     licence = "AGPL-3.0"
     source = "where it came from"
     notes = "free text"                # optional
+    second_look_tiles = true           # optional, detectors: tiles measured to help (see config)
     labels = "coco80_labels.txt"       # one label per line, line i = class i
                                        # (optional for an embedding model)
 
@@ -251,6 +252,10 @@ class ModelCard:
         categories: camtrap category → model label names.
         species: camtrap species → model label names.
         notes: free text.
+        second_look_tiles: the second look's tiles were measured to help with this detector
+            (more animals kept, every empty still discarded); ``detector.second_look_tiles``
+            only turns them on for such a card, so a site that swaps in another detector
+            does not inherit a setting measured on this one.
     """
 
     name: str
@@ -266,6 +271,7 @@ class ModelCard:
     categories: Mapping[Category, tuple[str, ...]]
     species: Mapping[Species, tuple[str, ...]]
     notes: str = ""
+    second_look_tiles: bool = False
 
     def model_path(self, models_dir: Path) -> Path:
         """The model file this card describes: in the active pack, else in ``models_dir``."""
@@ -376,6 +382,9 @@ def parse_card(data: Mapping[str, Any], name: str, path: Path) -> ModelCard:
     licence = top.text("licence")
     source = top.text("source")
     notes = top.text("notes", "")
+    tiles = bool(top.get("second_look_tiles", (bool,), False))
+    if tiles and task != "detector":
+        raise top.fail("second_look_tiles", "only a detector card can say so")
 
     ri = top.table_of("input")
     width = ri.get("width", (int,))
@@ -436,6 +445,7 @@ def parse_card(data: Mapping[str, Any], name: str, path: Path) -> ModelCard:
         categories=cast(dict[Category, tuple[str, ...]], categories),
         species=cast(dict[Species, tuple[str, ...]], species),
         notes=notes,
+        second_look_tiles=tiles,
     )
 
 

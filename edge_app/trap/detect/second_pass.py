@@ -77,7 +77,8 @@ class SecondPass:
         """
         looks = tuple(name for name, on in (("ir", cfg.second_look_ir),
                                             ("detector", bool(cfg.second_look_detector)),
-                                            ("tiles", cfg.second_look_tiles)) if on)
+                                            ("tiles", cfg.second_look_tiles
+                                             and main[0].card.second_look_tiles)) if on)
         if not looks:
             return None
         vote = None

@@ -11,6 +11,9 @@ not raw detector output. What matters for a leopard trap, in order:
   and frames without one that raise a leopard/tiger alert anyway.
 * per-category precision and recall of the trap's label, and the confusion table.
 
+``--loso`` trains a head per source on the other sources; ``--within-site``
+(:mod:`edge_app.tools.within_site`) trains one per camera on that camera's other bursts.
+
 Labels come from a CSV with at least ``file,label,species`` columns (the field set's
 ``labels.csv``, found automatically in DIR), or else from file names as in the cameratrapai
 set: ``blank``/``empty`` → empty, ``human``/``person`` → person, ``vehicle`` → vehicle,
@@ -51,6 +54,7 @@ class Truth:
     label: str
     species: str | None
     source: str = ""
+    camera: str = ""
 
 
 @dataclass(slots=True)
@@ -162,6 +166,7 @@ def read_labels(path: Path) -> dict[str, Truth]:
         ValueError: missing columns, or a label/species camtrap does not know (names the row).
     """
     from edge_app.core.events import SPECIES
+    from edge_app.tools.within_site import camera_of
 
     out: dict[str, Truth] = {}
     with path.open(newline="", encoding="utf-8") as f:
@@ -179,7 +184,8 @@ def read_labels(path: Path) -> dict[str, Truth]:
                 raise ValueError(f"{path}:{i}: species {species!r} is not one of "
                                  f"{', '.join(SPECIES)}")
             name = row["file"].strip()
-            out[name] = Truth(label, species, _source(row.get("source") or "", name))
+            column = row.get("source") or ""
+            out[name] = Truth(label, species, _source(column, name), camera_of(column, name))
     return out
 
 
@@ -208,11 +214,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loso", action="store_true",
                    help="leave-one-source-out: for each source in the labels, train a head on "
                    "the other sources (as models adapt does) and evaluate it on this one")
+    p.add_argument("--within-site", action="store_true",
+                   help="per camera (the source column's folder), leave one event (burst) "
+                   "out: a head trained on the camera's other frames, judged on this event")
+    p.add_argument("--grid", type=int, default=2, choices=range(5), metavar="N",
+                   help="--within-site: also judge the per-tile novelty head on N×N tiles "
+                   "(N² embedding invokes per frame; 0 = only the whole-frame head; default 2)")
     p.add_argument("--target-recall", type=float, default=None, metavar="R",
-                   help="--loso: the heads' cross-validated recall target (default as adapt)")
+                   help="--loso/--within-site: the heads' cross-validated recall target "
+                   "(default as adapt)")
     p.add_argument("--min-examples", type=int, default=None, metavar="N",
-                   help="--loso: fewest empty and animal training frames (default as adapt); "
-                   "a fold with fewer is evaluated without a head")
+                   help="--loso/--within-site: fewest empty and animal training frames "
+                   "(default as adapt); a fold with fewer is evaluated without a head")
 
 
 def evaluate(folder: Path, truths: dict[str, Truth] | None, pipeline: Any, policy: Any,
@@ -322,10 +335,12 @@ def main(args: argparse.Namespace) -> int:
         det_cfg = replace(det_cfg, classifier=args.classifier)
     if args.head is not None:
         det_cfg = replace(det_cfg, head=str(Path(args.head).resolve()) if args.head else "")
-    if args.loso and det_cfg.head:
-        return fail("--loso trains its own heads; leave out --head and detector.head")
-    if args.loso and not det_cfg.embedder:
-        return fail("--loso needs detector.embedder (the frame embedding model card)")
+    trains = args.loso or args.within_site
+    what = "--loso" if args.loso else "--within-site"
+    if trains and det_cfg.head:
+        return fail(f"{what} trains its own heads; leave out --head and detector.head")
+    if trains and not det_cfg.embedder:
+        return fail(f"{what} needs detector.embedder (the frame embedding model card)")
     labels_path = Path(args.labels) if args.labels else folder / "labels.csv"
     truths = None
     try:
@@ -333,19 +348,21 @@ def main(args: argparse.Namespace) -> int:
             truths = read_labels(labels_path)
     except (OSError, ValueError) as e:
         return fail(str(e))
-    if args.loso and truths is None:
-        return fail(f"--loso needs a labels CSV ({labels_path} not found)")
+    if trains and truths is None:
+        return fail(f"{what} needs a labels CSV ({labels_path} not found)")
     models_dir = resolve_models_dir(args.models, det_cfg.models_dir)
 
     total = sum(1 for _ in expand_paths([str(folder)]))
     results: list[tuple[str, Truth, Any]] = []
-    with Pipeline(det_cfg, models_dir, embed=args.loso) as pipeline, \
+    with Pipeline(det_cfg, models_dir, embed=trains) as pipeline, \
             Progress(total, "eval") as bar:
         try:
             report = evaluate(folder, truths, pipeline, policy, bar.step,
                               on_result=lambda *item: results.append(item))
         except ValueError as e:
             return fail(str(e))
+        tiles = (tile_embeddings_of(pipeline, folder, [r.file for r in report.rows], args.grid)
+                 if args.within_site and args.grid else {})
         head = pipeline.head
         embedder = pipeline.embedder
         embedding = None if embedder is None else {
@@ -364,17 +381,27 @@ def main(args: argparse.Namespace) -> int:
             s["loso"] = loso(results, policy, embedding, args.target_recall, args.min_examples)
         except ValueError as e:
             return fail(str(e))
+    if args.within_site:
+        try:
+            s["within_site"] = run_within_site(results, folder, policy, embedding,
+                                               args.target_recall, args.min_examples, tiles)
+        except ValueError as e:
+            return fail(str(e))
     if args.json:
         print(json.dumps(s, indent=2))
     else:
         print(f"{folder}: {det_cfg.detector} + {det_cfg.classifier or 'no classifier'}"
               f"{' + site head ' + det_cfg.head if det_cfg.head else ''}, "
               f"labels from {labels_path if truths is not None else 'file names'}")
-        if args.loso:
+        if trains:
             print("without a head (the plain pipeline, every frame):")
         format_text(s, sys.stdout)
         if args.loso:
             format_loso(s["loso"], sys.stdout)
+        if args.within_site:
+            from edge_app.tools.within_site import format_within_site
+
+            format_within_site(s["within_site"], sys.stdout)
     return 1 if s["failed"] else 0
 
 
@@ -387,6 +414,56 @@ def head_info(head: Any, folder: Path, files: list[str]) -> dict[str, Any]:
     here = sum(image_digest((folder / f).read_bytes()) in trained for f in files)
     return {"file": str(head.path), "threshold": head.threshold,
             "embedding_sha256": head.embedding_sha256, "training_frames_here": here}
+
+
+# --------------------------------------------------------------------------- within site
+
+
+def run_within_site(results: list[tuple[str, Truth, Any]], folder: Path, policy: Any,
+                    embedding: dict[str, Any] | None, target_recall: float | None,
+                    min_examples: int | None,
+                    tiles: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``--within-site``: :func:`edge_app.tools.within_site.within_site` with the head
+    ``models adapt`` trains (``whole_frame``), the nearest-empty-frame novelty on the same
+    embedding (``nearest_empty``: no extra invoke) and, given ``tiles`` (file → tile
+    embeddings), the per-tile novelty (``tile_novelty``), each with its defaults unless
+    overridden.
+
+    Raises:
+        ValueError: a bad target or minimum.
+    """
+    from edge_app.tools.head_training import DEFAULT_MIN_EXAMPLES, DEFAULT_TARGET_RECALL
+    from edge_app.tools.within_site import embedding_fitter, novelty_fitter, within_site
+
+    target = DEFAULT_TARGET_RECALL if target_recall is None else target_recall
+    minimum = DEFAULT_MIN_EXAMPLES if min_examples is None else min_examples
+    if not 0.5 <= target <= 1.0 or minimum < 1:
+        raise ValueError("--target-recall must be in [0.5, 1] and --min-examples ≥ 1")
+    fitters = {"whole_frame": embedding_fitter(target, minimum, embedding),
+               "nearest_empty": novelty_fitter(lambda item: item[2].embedding[None], target,
+                                               minimum)}
+    if tiles:
+        fitters["tile_novelty"] = novelty_fitter(lambda item: tiles[item[0]], target, minimum)
+    out = within_site(results, folder, policy, fitters, minimum)
+    out["target_recall"] = target
+    return out
+
+
+def tile_embeddings_of(pipeline: Any, folder: Path, files: list[str],
+                       grid: int) -> dict[str, Any]:
+    """Per-tile embeddings of every readable file, on the frame as the pipeline decodes it
+    (``grid²`` embedding invokes per frame)."""
+    from edge_app.core.errors import ImageError
+    from edge_app.trap.detect.site_features import tile_embeddings
+
+    out: dict[str, Any] = {}
+    for name in files:
+        try:
+            prep = pipeline.prepare(folder / name, name)
+        except ImageError:
+            continue
+        out[name] = tile_embeddings(pipeline.embedder, prep.decoded.image, grid)
+    return out
 
 
 # --------------------------------------------------------------------------- LOSO

@@ -368,6 +368,10 @@ def main(args: argparse.Namespace) -> int:
         embedding = None if embedder is None else {
             "card": embedder.card.name, "sha256": embedder.sha256, "dims": embedder.dims}
     s = report.summary()
+    timed = [sum(r.stages_ms.values()) for _, _, r in results if r is not None]
+    # The pipeline's own per-stage times (decode to second look), not the wall clock of the
+    # run: model loading and the progress bar are not a frame's cost.
+    s["ms_per_frame"] = round(sum(timed) / len(timed), 1) if timed else None
     s["detector"] = det_cfg.detector
     s["classifier"] = det_cfg.classifier or None
     if head is not None:

@@ -59,7 +59,7 @@ def test_models_adapt_writes_a_head_and_its_card(peru: Path, models_dir: Path, t
     assert len(head.meta["training"]["images_sha256_16"]) == 43
     card = Path(s["card"]).read_text()
     assert hashlib.sha256(out.read_bytes()).hexdigest() in card
-    assert "## Cross-validated figures" in card
+    assert "## Held-out figures" in card
     assert "empty 9, animal 33, person 1, vehicle 0" in card
 
     # eval with that head on its own training frames: flagged, never passed off as held out.
@@ -153,3 +153,43 @@ def test_bench_reports_the_added_cost_of_site_adaptation(models_dir: Path,
     assert r["frame_with_site_ms_median"] > r["frame_ms_median"]
     off = bench_detector(models_dir, "yolov8n_coco_int8io_float_320", None, images, 1, 0)
     assert off["site"] is None
+
+
+def test_models_adapt_nearest_empty_head_loads_on_the_trap_and_votes(
+        peru: Path, models_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--kind nearest_empty`` (issue 13): held-out figures by burst from the frames' EXIF
+    times; the file loads in the trap's pipeline, whose head keeps a held-out animal."""
+    from edge_app.core.config import DetectorConfig
+    from edge_app.trap.detect.pipeline import Pipeline
+
+    out = tmp_path / "peru-nearest.npz"
+    rc, text, err = run_cli(capsys, "models", "adapt", "--images", str(peru), "--out", str(out),
+                            "--models", str(models_dir), "--kind", "nearest_empty", "--json")
+    assert rc == 0, err
+    s = json.loads(text)
+    assert s["cv"]["method"] == "leave one burst out"
+    assert 3 <= s["cv"]["bursts"] < 43  # the 9 empties are three bursts, not nine frames
+    # the head's own held-out shares (the trap's verdict also has the detector's votes:
+    # `camtrap eval --within-site` measures that)
+    assert 0.5 <= s["cv"]["animal_kept"] <= 1.0
+    assert s["cv"]["empty_discarded"] is not None
+    assert s["bytes"] <= 100 * 1024  # 9 float16 empties
+    assert "Nearest empty frame" in Path(s["card"]).read_text()
+    head = load_head(out)
+    assert head.kind == "nearest_empty"
+    assert head.empties is not None
+    assert head.empties.shape == (9, 1024)
+    with Pipeline(DetectorConfig(head=str(out)), models_dir) as p:
+        assert p.head is not None
+        assert p.head.kind == "nearest_empty"
+        empty = p.analyse(peru / "examples__test_data__Peru__S90__SDZG_1__EK000001.JPG")
+        assert empty.empty_prob is not None
+        assert 0.0 <= empty.empty_prob <= 1.0
+    # a training empty frame is its own nearest empty: the head calls it empty
+    rows = list(csv.DictReader((peru / "labels.csv").open()))
+    first_empty = next(r["file"] for r in rows if r["label"] == "empty")
+    with Pipeline(DetectorConfig(head=str(out)), models_dir) as p:
+        r = p.analyse(peru / first_empty)
+        assert r.head_empty is True
+        assert r.empty_prob == pytest.approx(1.0, abs=2e-3)

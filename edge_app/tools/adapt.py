@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_app.core.models_dir import SEARCH_HELP
-from edge_app.tools.adapt_options import MIN_EXAMPLES, TARGET_RECALL
+from edge_app.tools.adapt_options import KINDS, MIN_EXAMPLES, TARGET_RECALL
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"(default {TARGET_RECALL})")
     p.add_argument("--min-examples", type=int, default=MIN_EXAMPLES, metavar="N",
                    help=f"fewest empty and animal frames (default {MIN_EXAMPLES})")
+    p.add_argument("--kind", choices=KINDS, default="whole_frame",
+                   help="whole_frame: softmax on the frame embedding (default); nearest_empty: "
+                   "the site's empty frames themselves, a frame close to one counts as empty "
+                   "(measured to discard more empties within a site; see models/README.md)")
     p.add_argument("--json", action="store_true", help="the training summary as JSON")
 
 
@@ -152,8 +156,15 @@ def main(args: argparse.Namespace) -> int:
     ts = TrainingSet(np.array(vecs, np.float32), tuple(r.label for r in kept),
                      tuple(r.file for r in kept), tuple(digests))
     try:
-        head = train_head(ts, target_recall=args.target_recall, min_examples=args.min_examples,
-                          embedding=info)
+        if args.kind == "nearest_empty":
+            from edge_app.tools.nearest_head import train_nearest_empty
+
+            head = train_nearest_empty(ts, target_recall=args.target_recall,
+                                       min_examples=args.min_examples, embedding=info,
+                                       bursts=burst_ids(images, kept))
+        else:
+            head = train_head(ts, target_recall=args.target_recall,
+                              min_examples=args.min_examples, embedding=info)
     except LabelError as e:
         return fail(str(e))
     t2 = time.perf_counter()
@@ -184,6 +195,28 @@ def main(args: argparse.Namespace) -> int:
             print(f"  warning: {w}")
         print(f"  deploy: copy it next to the models and set detector.head = \"{out.name}\"")
     return 0
+
+
+def burst_ids(images: Path, rows: list[Any]) -> list[int] | None:
+    """A burst number per frame (per source, frames < 60 s apart by EXIF time), for honest
+    held-out figures; None when no frame has a capture time."""
+    from edge_app.tools.head_training import source_of
+    from edge_app.tools.within_site import exif_time, group_events
+
+    times = [exif_time(images / r.file) for r in rows]
+    if all(t is None for t in times):
+        return None
+    out = [0] * len(rows)
+    by_source: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_source.setdefault(source_of(r), []).append(i)
+    base = 0
+    for idx in by_source.values():
+        events = group_events([times[i] for i in idx])
+        for i, e in zip(idx, events, strict=True):
+            out[i] = base + e
+        base += max(events, default=-1) + 1
+    return out
 
 
 def _pct(v: float | None) -> str:
@@ -233,21 +266,30 @@ def write_card(head: Any, out: Path, sources: list[str]) -> Path:
     ]
     if by_source:
         lines.append("- per source: " + ", ".join(f"{k} {v}" for k, v in by_source.items()))
+    lines += ["", "## Method", ""]
+    if head.kind == "nearest_empty":
+        lines += [
+            f"Nearest empty frame: the {t['counts']['empty']} labelled empty frames' embeddings "
+            "are the head (float16); a frame scores (1 + cosine similarity to the nearest) / 2 "
+            f"and the head votes empty at ≥ **{head.threshold:.4f}**, the score that keeps "
+            f"{head.meta['target_recall']} of the training non-empty frames below it. Figures: "
+            f"{cv['method']} ({cv['folds']} folds).",
+        ]
+    else:
+        lines += [
+            "Softmax regression on the L2-normalised embedding, balanced class weights (a "
+            f"class with fewer than {t['min_examples']} frames is down-weighted), L2 penalty "
+            f"{cv['penalty']} chosen by {cv['folds']}-fold cross-validation repeated "
+            f"{cv['repeats']} times (balanced log-loss of P(empty): "
+            + ", ".join(f"{k}: {v}" for k, v in cv["log_loss"].items()) + ").",
+            "",
+            f"Threshold: the head votes empty at P(empty) ≥ **{head.threshold:.4f}**, chosen on "
+            f"the out-of-fold predictions so that ≥ {head.meta['target_recall']} of the "
+            "non-empty frames stay below it.",
+        ]
     lines += [
         "",
-        "## Method",
-        "",
-        "Softmax regression on the L2-normalised embedding, balanced class weights (a class "
-        f"with fewer than {t['min_examples']} frames is down-weighted), L2 penalty "
-        f"{cv['penalty']} chosen by {cv['folds']}-fold cross-validation repeated "
-        f"{cv['repeats']} times (balanced log-loss of P(empty): "
-        + ", ".join(f"{k}: {v}" for k, v in cv["log_loss"].items()) + ").",
-        "",
-        f"Threshold: the head votes empty at P(empty) ≥ **{head.threshold:.4f}**, chosen on the "
-        f"out-of-fold predictions so that ≥ {head.meta['target_recall']} of the non-empty "
-        "frames stay below it.",
-        "",
-        "## Cross-validated figures (frames not used to fit the model that scored them)",
+        "## Held-out figures (frames not used to build the head that scored them)",
         "",
         f"- non-empty frames kept by the head: {_pct(cv['nonempty_kept'])}",
         f"- animal frames kept by the head: {_pct(cv['animal_kept'])}",

@@ -16,6 +16,14 @@ cross-validated threshold to transfer, and its inference is one 1024×4 product 
 Training lives in :mod:`edge_app.tools.head_training` (a laptop's job); this module is
 what the trap needs to load and score a head.
 
+A second kind, ``nearest_empty`` (issue 13, measured with ``camtrap eval --within-site``):
+the head keeps the site's labelled *empty* frames' embeddings (``E``, M×D, float16 on disk)
+and scores a frame by its nearest one, ``(1 + max cosine similarity) / 2`` in place of
+P(empty); the threshold keeps ``target_recall`` of the training non-empty frames. On the one
+field camera with enough empties it discarded 6 of 9 held-out empties where the softmax head
+discarded 4, keeping the same animals, at one M×D product per frame. Its files are version 2
+(``kind`` in the metadata); a camtrap that reads only version 1 refuses them by name.
+
 File format (:func:`save_head` / :func:`load_head`): one ``.npz`` (no pickle) holding
 ``W`` (D×K), ``b`` (K), ``mean`` (D) as float32 and ``meta``, a UTF-8 JSON document:
 ``format`` = ``camtrap-site-head``, ``version``, ``classes``, ``threshold``,
@@ -44,6 +52,12 @@ log = logging.getLogger(__name__)
 
 HEAD_FORMAT = "camtrap-site-head"
 HEAD_VERSION = 1
+"""Version of a ``whole_frame`` (softmax) head file."""
+NEAREST_VERSION = 2
+"""Version of a ``nearest_empty`` head file (it adds the ``E`` array)."""
+KINDS = ("whole_frame", "nearest_empty")
+MAX_EMPTIES = 4096
+"""Most empty embeddings a head may carry (8 MB as float16 at 1024-d): a bound on the file."""
 CLASSES: tuple[str, ...] = ("empty", "animal", "person", "vehicle")
 EMPTY = 0
 
@@ -63,6 +77,8 @@ class SiteHead:
         threshold: P(empty) at or above which the head votes "empty".
         meta: the rest of the file's metadata (embedding, training summary...).
         path: where it was loaded from, if anywhere.
+        empties: (M, D) unit embeddings of the site's empty frames for a ``nearest_empty``
+            head (its score replaces P(empty)); None for the softmax head.
     """
 
     weights: NDArray[np.float32]
@@ -72,6 +88,7 @@ class SiteHead:
     threshold: float
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    empties: NDArray[np.float32] | None = None
     _b_eff: NDArray[np.float32] = field(init=False, repr=False)
     _z: NDArray[np.float32] = field(init=False, repr=False)
 
@@ -84,6 +101,11 @@ class SiteHead:
     def dims(self) -> int:
         """Embedding length the head expects."""
         return int(self.weights.shape[0])
+
+    @property
+    def kind(self) -> str:
+        """``whole_frame`` (softmax on the embedding) or ``nearest_empty``."""
+        return "whole_frame" if self.empties is None else "nearest_empty"
 
     @property
     def embedding_sha256(self) -> str:
@@ -101,13 +123,24 @@ class SiteHead:
         return z
 
     def empty_prob(self, vec: NDArray[np.float32]) -> float:
-        """P(empty) for one unit embedding."""
+        """P(empty) for one unit embedding; for a ``nearest_empty`` head the score that
+        stands in for it, ``(1 + cosine similarity to the nearest empty frame) / 2``."""
+        if self.empties is not None:
+            return nearest_score(self.empties, vec)
         return float(self.probs(vec)[EMPTY])
 
     def probs_batch(self, X: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """Class probabilities for many embeddings (rows), for training and evaluation."""
         return softmax(X.astype(np.float64) @ self.weights.astype(np.float64)
                         + self._b_eff.astype(np.float64))
+
+
+def nearest_score(empties: NDArray[np.floating[Any]], vec: NDArray[np.floating[Any]]) -> float:
+    """``(1 + max cosine similarity) / 2`` of a unit vector to unit rows, in [0, 1]; 0.5
+    with no rows (nothing known: neither like nor unlike an empty frame)."""
+    if empties.shape[0] == 0:
+        return 0.5
+    return float(min(1.0, max(0.0, (1.0 + float(np.max(empties @ vec))) / 2.0)))
 
 
 def softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -123,11 +156,17 @@ def softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def head_bytes(head: SiteHead) -> bytes:
     """The head as ``.npz`` bytes (compressed, no pickle)."""
+    nearest = head.empties is not None
     meta = dict(head.meta, threshold=head.threshold, classes=list(head.classes),
-                format=HEAD_FORMAT, version=HEAD_VERSION)
+                format=HEAD_FORMAT, version=NEAREST_VERSION if nearest else HEAD_VERSION,
+                kind=head.kind)
+    arrays: dict[str, Any] = {"W": head.weights.astype(np.float32),
+                              "b": head.bias.astype(np.float32),
+                              "mean": head.mean.astype(np.float32)}
+    if head.empties is not None:
+        arrays["E"] = head.empties.astype(np.float16)
     buf = io.BytesIO()
-    np.savez_compressed(buf, W=head.weights.astype(np.float32),
-                        b=head.bias.astype(np.float32), mean=head.mean.astype(np.float32),
+    np.savez_compressed(buf, **arrays,
                         meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8))
     return buf.getvalue()
 
@@ -165,6 +204,7 @@ def load_head(path: Path, embedding_sha256: str | None = None,
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("W", "b", "mean", "meta")}
+            empties = z["E"] if "E" in z.files else None
     except FileNotFoundError as e:
         raise ModelError(where, "head file not found") from e
     except KeyError as e:
@@ -178,9 +218,15 @@ def load_head(path: Path, embedding_sha256: str | None = None,
     if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
         raise ModelError(where, f"not a camtrap head file (format {meta.get('format')!r})"
                          if isinstance(meta, dict) else "not a camtrap head file")
-    if meta.get("version") != HEAD_VERSION:
-        raise ModelError(where, f"head file version {meta.get('version')!r}; this camtrap "
-                         f"reads version {HEAD_VERSION}")
+    version = meta.get("version")
+    if version not in (HEAD_VERSION, NEAREST_VERSION):
+        raise ModelError(where, f"head file version {version!r}; this camtrap reads versions "
+                         f"{HEAD_VERSION} and {NEAREST_VERSION}")
+    kind = meta.get("kind", "whole_frame")
+    if kind not in KINDS or (kind == "nearest_empty") != (version == NEAREST_VERSION) or (
+            (empties is not None) != (kind == "nearest_empty")):
+        raise ModelError(where, f"inconsistent head: kind {kind!r}, version {version!r}, "
+                         f"{'an' if empties is not None else 'no'} E array")
     classes = tuple(meta.get("classes", ()))
     W, b, mean = arrays["W"], arrays["b"], arrays["mean"]
     k = len(classes)
@@ -190,6 +236,14 @@ def load_head(path: Path, embedding_sha256: str | None = None,
                          f"b {b.shape}, mean {mean.shape}")
     if not (np.isfinite(W).all() and np.isfinite(b).all() and np.isfinite(mean).all()):
         raise ModelError(where, "head weights are not finite")
+    if empties is not None:
+        if (empties.ndim != 2 or empties.shape[1] != W.shape[0]
+                or not 1 <= empties.shape[0] <= MAX_EMPTIES):
+            raise ModelError(where, f"inconsistent head: E {empties.shape} for "
+                             f"{W.shape[0]}-d embeddings (1..{MAX_EMPTIES} rows)")
+        empties = empties.astype(np.float32)
+        if not np.isfinite(empties).all():
+            raise ModelError(where, "head empties are not finite")
     threshold = meta.get("threshold")
     if not isinstance(threshold, int | float) or not 0.0 <= threshold <= 1.5:
         raise ModelError(where, f"head threshold must be a number in [0, 1], got {threshold!r}")
@@ -202,4 +256,4 @@ def load_head(path: Path, embedding_sha256: str | None = None,
                          f"the loaded one is {embedding_sha256}; retrain it "
                          "(camtrap models adapt)")
     return SiteHead(W.astype(np.float32), b.astype(np.float32), mean.astype(np.float32),
-                    classes, float(threshold), meta, path)
+                    classes, float(threshold), meta, path, empties)

@@ -261,32 +261,43 @@ def test_decoded_boxes_match_the_float_networks_boxes(loaded: Any, name: str) ->
     np.testing.assert_array_equal(via_head.class_ids, direct.class_ids)
 
 
+def _check_reported(rows: list[dict[str, Any]], card: str, unit: Path, floor: float) -> int:
+    """Every box ``camtrap detect --json`` reported for ``card`` is one of the float
+    network's boxes above ``floor`` (class, corners and score); returns how many there were."""
+    assert [Path(r["file"]).stem for r in rows] == list(INPUTS)
+    m, _ = load_detector(card, unit, 1)
+    step = float(m.model.outputs[0].scale)
+    m.model.close()
+    reported = 0
+    for row, name in zip(rows, INPUTS, strict=True):
+        if not row["detections"]:
+            continue
+        reported += len(row["detections"])
+        f = _decode(m, _reference(m, name), None, floor - SCORE_P90 * step)
+        f = decoders.Decoded(np.clip(f.boxes, 0, SIZE), f.scores, f.class_ids, f.class_max)
+        got = decoders.Decoded(
+            np.array([[x, y, x + w, y + h] for x, y, w, h in
+                      (d["bbox"] for d in row["detections"])], np.float32) * SIZE,
+            np.array([d["conf"] for d in row["detections"]], np.float32),
+            np.array([m.labels.index(d["class"]) for d in row["detections"]]),
+            f.class_max)
+        corner, score = _nearest(got, f, step)
+        assert np.percentile(corner, 90) <= CORNER_P90, (card, name, corner)
+        assert np.percentile(score, 90) <= SCORE_P90, (card, name, score)
+    return reported
+
+
 def test_camtrap_detect_reports_the_float_networks_boxes(unit: Path) -> None:
     """``camtrap detect --json`` (its function, with the detector chosen in the config): every
-    box it reports is one of the float network's boxes, class and score included."""
+    image has boxes at a low threshold, and each is one of the float network's."""
     for card in MODELS:
         out = io.StringIO()
         cfg = DetectorConfig(detector=card, classifier="", score_threshold=DECODE_THRESHOLD)
         paths = [str(DATA / f"{n}.png") for n in INPUTS]
         assert run_detect(paths, unit, cfg, True, out) == 0
         rows = [json.loads(line) for line in out.getvalue().splitlines()]
-        assert [Path(r["file"]).stem for r in rows] == list(INPUTS)
-        m, _ = load_detector(card, unit, 1)
-        step = float(m.model.outputs[0].scale)
-        m.model.close()
-        for row, name in zip(rows, INPUTS, strict=True):
-            assert row["detections"], (card, name)
-            f = _decode(m, _reference(m, name), None, DECODE_THRESHOLD - SCORE_P90 * step)
-            f = decoders.Decoded(np.clip(f.boxes, 0, SIZE), f.scores, f.class_ids, f.class_max)
-            got = decoders.Decoded(
-                np.array([[x, y, x + w, y + h] for x, y, w, h in
-                          (d["bbox"] for d in row["detections"])], np.float32) * SIZE,
-                np.array([d["conf"] for d in row["detections"]], np.float32),
-                np.array([m.labels.index(d["class"]) for d in row["detections"]]),
-                f.class_max)
-            corner, score = _nearest(got, f, step)
-            assert np.percentile(corner, 90) <= CORNER_P90, (card, name, corner)
-            assert np.percentile(score, 90) <= SCORE_P90, (card, name, score)
+        assert all(r["detections"] for r in rows), card
+        _check_reported(rows, card, unit, DECODE_THRESHOLD)
 
 
 def test_the_camtrap_detect_command_runs_each_card(
@@ -301,23 +312,5 @@ def test_the_camtrap_detect_command_runs_each_card(
         assert main(["detect", "--models", str(unit), "--detector", card, "--classifier", "",
                      "--json", *paths]) == 0
         rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-        assert [Path(r["file"]).stem for r in rows] == list(INPUTS)
-        m, _ = load_detector(card, unit, 1)
-        step = float(m.model.outputs[0].scale)
-        m.model.close()
-        for row, name in zip(rows, INPUTS, strict=True):
-            if not row["detections"]:
-                continue
-            reported += len(row["detections"])
-            f = _decode(m, _reference(m, name), None, DECODE_THRESHOLD)
-            f = decoders.Decoded(np.clip(f.boxes, 0, SIZE), f.scores, f.class_ids, f.class_max)
-            got = decoders.Decoded(
-                np.array([[x, y, x + w, y + h] for x, y, w, h in
-                          (d["bbox"] for d in row["detections"])], np.float32) * SIZE,
-                np.array([d["conf"] for d in row["detections"]], np.float32),
-                np.array([m.labels.index(d["class"]) for d in row["detections"]]),
-                f.class_max)
-            corner, score = _nearest(got, f, step)
-            assert np.percentile(corner, 90) <= CORNER_P90, (card, name, corner)
-            assert np.percentile(score, 90) <= SCORE_P90, (card, name, score)
+        reported += _check_reported(rows, card, unit, DECODE_THRESHOLD)
     assert reported > 0  # the comparison above ran on something

@@ -101,3 +101,38 @@ def test_the_fleet_row_keeps_the_last_status_and_stats(tmp_path: Path) -> None:
         assert (u["state"], u["state_at"], u["stats"]) == ("lost", 20.0, {"battery_v": 3.3})
     finally:
         s.close()
+
+
+def _open_together(folder: Path, n: int) -> list[str]:
+    """``n`` processes open a new store at the same moment; their errors."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(n) as pool:
+        return [e for e in pool.map(_open_once, [str(folder)] * n) if e]
+
+
+def _open_once(folder: str) -> str:
+    import time as _time
+
+    from edge_app.core.errors import StorageError
+
+    _time.sleep(max(0.0, 1.5 - _time.monotonic() % 1.5))  # line the workers up
+    try:
+        RangerStore(folder).close()
+    except StorageError as e:
+        return str(e)
+    return ""
+
+
+def test_workers_opening_a_new_store_together_all_get_it(tmp_path: Path) -> None:
+    """Station workers started at once (a service with two workers, a restart of both): the
+    first creates and migrates the store, the others wait for it instead of failing with
+    'database is locked' (which SQLite answers at once, not through the busy timeout)."""
+    for k in range(3):
+        folder = tmp_path / f"store{k}"
+        assert _open_together(folder, 4) == []
+        con = sqlite3.connect(folder / DB_NAME)
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        con.close()

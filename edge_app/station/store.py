@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from edge_app.core.errors import StorageError
 from edge_app.core.files import atomic_write, sync_filesystem, write_unsynced
 
 DB_NAME = "ranger.db"
+OPEN_TIMEOUT_S = 15.0
+"""How long opening waits for another worker that is creating or migrating the store."""
 SCHEMA_VERSION = 2
 LINKS = ("mqtt", "lorawan")
 
@@ -126,15 +129,28 @@ class RangerStore:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.folder / DB_NAME, isolation_level=None,
-                                         check_same_thread=False, timeout=10)
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = FULL")
-            self._migrate()
-        except (OSError, sqlite3.Error) as e:
-            raise StorageError(f"cannot open the receiver store in {self.folder}: {e}") from e
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._conn = sqlite3.connect(self.folder / DB_NAME, isolation_level=None,
+                                             check_same_thread=False, timeout=10)
+            except (OSError, sqlite3.Error) as e:
+                raise StorageError(f"cannot open the receiver store in {self.folder}: {e}") from e
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = FULL")
+                self._migrate()
+                return
+            except sqlite3.Error as e:
+                self._conn.close()
+                # Station workers started together meet here: switching a new file to WAL
+                # needs it to themselves, and SQLite answers "locked" at once rather than
+                # through the busy timeout. Another try a moment later finds it done.
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise StorageError(
+                        f"cannot open the receiver store in {self.folder}: {e}") from e
+                time.sleep(0.1)
 
     def _migrate(self) -> None:
         """Create the tables, or re-key a version-0 store (id alone) by (unit, id)."""
@@ -142,6 +158,11 @@ class RangerStore:
         if version >= SCHEMA_VERSION:
             return
         self._conn.execute("BEGIN IMMEDIATE")
+        # Another worker may have migrated between the read above and this lock.
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version >= SCHEMA_VERSION:
+            self._conn.execute("COMMIT")
+            return
         try:
             for table, ddl in (("events", _EVENTS), ("media", _MEDIA)) if version == 0 else ():
                 old = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
